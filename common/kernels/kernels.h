@@ -1,0 +1,71 @@
+// Compute kernels over ggml-typed rows: conversion, quantization, dot
+// products (GEMM of weight rows against activation vectors), and the small
+// vector helpers attention needs. Each entry point dispatches at run time to
+// an AVX-512, AVX2 or portable implementation (see ActiveIsa()).
+//
+// Conventions: `n` is the row length in elements (a multiple of the type's
+// block size); strides are in bytes; no function allocates.
+#ifndef FLASHD_COMMON_KERNELS_KERNELS_H_
+#define FLASHD_COMMON_KERNELS_KERNELS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "common/kernels/ggml_types.h"
+
+namespace flashd::kernels {
+
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The ISA in use: the best the CPU supports, unless FLASHD_ISA=scalar|avx2|
+// avx512 in the environment asks for a lower one.
+Isa ActiveIsa();
+std::string_view IsaName(Isa isa);
+// Best ISA this CPU supports.
+Isa DetectIsa();
+// Forces an ISA (tests). Asking for one the CPU lacks is a bug (FLASHD_CHECK).
+void SetIsaForTesting(Isa isa);
+
+// The activation format a weight type's dot product consumes (as ggml's
+// vec_dot_type): F32->F32, F16->F16, BF16->BF16, Q8_0/Q4_0->Q8_0,
+// Q4_K/Q6_K->Q8_K.
+GgmlType VecDotType(GgmlType weight_type);
+
+// Converts n floats to a row of `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_K,
+// Q6_K, Q8_K). Quantizers reproduce ggml's reference quantizers
+// (quantize_row_*_ref) so files we write quantize like llama.cpp's.
+void FromFloat(GgmlType type, const float* x, void* y, int64_t n);
+
+// Converts a row of `type` (any supported type, incl. Q8_K) to n floats.
+void ToFloat(GgmlType type, const void* x, float* y, int64_t n);
+
+// out[t * out_stride_floats + r] = dot(row r of w, activation t)
+// for r in [0, nr), t in [0, nt). w rows are `w_stride` bytes apart and of
+// type `wtype`; activations are `a_stride` bytes apart and of type
+// VecDotType(wtype). Prefill passes nt > 1 so each weight block is loaded
+// once for several tokens.
+void Gemm(GgmlType wtype, int64_t n, const void* w, size_t w_stride,
+          int64_t nr, const void* a, size_t a_stride, int64_t nt, float* out,
+          size_t out_stride_floats);
+
+// Portable reference of Gemm, in the simplest form (tests compare to it).
+void GemmReference(GgmlType wtype, int64_t n, const void* w, size_t w_stride,
+                   int64_t nr, const void* a, size_t a_stride, int64_t nt,
+                   float* out, size_t out_stride_floats);
+
+// y[i] += a * dequant(row)[i] for a row of `type` (a neuron's down column
+// stored as a row, in the neuron-major FFN layout).
+void AxpyRow(GgmlType type, float a, const void* row, float* y, int64_t n);
+
+// Attention helpers over an fp16 KV cache.
+// dot(k, q) with k in fp16 and q in f32.
+float DotF16F32(const uint16_t* k, const float* q, int64_t n);
+// y += a * v with v in fp16.
+void AxpyF16(float a, const uint16_t* v, float* y, int64_t n);
+// Converts floats to fp16 (round to nearest even).
+void F32ToF16(const float* x, uint16_t* y, int64_t n);
+
+}  // namespace flashd::kernels
+
+#endif  // FLASHD_COMMON_KERNELS_KERNELS_H_
