@@ -1,0 +1,268 @@
+#include "common/engine/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/check.h"
+#include "common/kernels/kernels.h"
+
+namespace flashd {
+namespace {
+
+// Rows per scheduling unit: keeps each thread's share a whole number of
+// cache-line-friendly row groups.
+constexpr int64_t kRowAlign = 16;
+
+size_t Width(const ModelConfig& c) { return std::max(c.n_embd, c.n_ff); }
+
+}  // namespace
+
+Forward::Forward(const Model& model, ThreadPool* pool, int32_t n_ctx,
+                 int32_t max_batch)
+    : model_(model),
+      config_(model.config),
+      pool_(pool),
+      n_ctx_(n_ctx),
+      max_batch_(max_batch) {
+  FLASHD_CHECK(n_ctx > 0 && max_batch > 0);
+  const size_t b = static_cast<size_t>(max_batch);
+  const ModelConfig& c = config_;
+  x_.resize(b * c.n_embd);
+  xb_.resize(b * c.n_embd);
+  q_.resize(b * c.n_embd);
+  k_.resize(b * c.kv_dim());
+  v_.resize(b * c.kv_dim());
+  att_.resize(b * c.n_embd);
+  proj_.resize(b * c.n_embd);
+  gate_.resize(b * c.n_ff);
+  up_.resize(b * c.n_ff);
+  logits_.resize(b * c.n_vocab);
+  for (ActBuffer& a : acts_) a.bytes.resize(b * Width(c) * 2 + 64);
+  scores_.resize(static_cast<size_t>(pool->size()) * n_ctx);
+
+  // RoPE tables as ggml computes them (mode 0, adjacent pairs): theta for
+  // pair i at position p is p * base^(-2i/n_rot), by repeated multiplication
+  // in float, so our rotations match llama.cpp's bit for bit.
+  const int32_t half = c.n_rot / 2;
+  rope_cos_.resize(static_cast<size_t>(n_ctx) * half);
+  rope_sin_.resize(static_cast<size_t>(n_ctx) * half);
+  const float theta_scale =
+      std::pow(c.rope_theta, -2.0f / static_cast<float>(c.n_rot));
+  for (int32_t p = 0; p < n_ctx; ++p) {
+    float theta = static_cast<float>(p);
+    for (int32_t i = 0; i < half; ++i) {
+      rope_cos_[static_cast<size_t>(p) * half + i] = std::cos(theta);
+      rope_sin_[static_cast<size_t>(p) * half + i] = std::sin(theta);
+      theta *= theta_scale;
+    }
+  }
+}
+
+size_t Forward::ScratchBytes() const {
+  size_t f = x_.size() + xb_.size() + q_.size() + k_.size() + v_.size() +
+             att_.size() + proj_.size() + gate_.size() + up_.size() +
+             logits_.size() + scores_.size() + rope_cos_.size() +
+             rope_sin_.size();
+  size_t bytes = f * sizeof(float);
+  for (const ActBuffer& a : acts_) bytes += a.bytes.size();
+  return bytes;
+}
+
+const uint8_t* Forward::QuantizeActs(const float* in, int64_t cols,
+                                     int32_t n_tokens, GgmlType vec_type,
+                                     size_t* stride) {
+  if (vec_type == GgmlType::kF32) {
+    *stride = static_cast<size_t>(cols) * sizeof(float);
+    return reinterpret_cast<const uint8_t*>(in);
+  }
+  for (ActBuffer& a : acts_) {
+    if (a.src == in && a.type == vec_type) {
+      *stride = a.stride;
+      return a.bytes.data();
+    }
+  }
+  ActBuffer& a = acts_[next_act_];
+  next_act_ = (next_act_ + 1) % 2;
+  a.src = in;
+  a.type = vec_type;
+  a.stride = RowSize(vec_type, cols);
+  for (int32_t t = 0; t < n_tokens; ++t) {
+    kernels::FromFloat(vec_type, in + static_cast<size_t>(t) * cols,
+                       a.bytes.data() + t * a.stride, cols);
+  }
+  *stride = a.stride;
+  return a.bytes.data();
+}
+
+void Forward::MatMuls(std::initializer_list<MatJob> jobs, int32_t n_tokens) {
+  struct Prepared {
+    const Matrix* w;
+    const uint8_t* acts;
+    size_t act_stride;
+    float* out;
+    int64_t first_row;  // in the concatenation of all jobs' rows
+  };
+  Prepared prepared[4];
+  FLASHD_CHECK(jobs.size() <= 4);
+  int n = 0;
+  int64_t total_rows = 0;
+  for (ActBuffer& a : acts_) a.src = nullptr;  // inputs change between calls
+  for (const MatJob& j : jobs) {
+    size_t stride = 0;
+    const uint8_t* acts =
+        QuantizeActs(j.in, j.w->cols, n_tokens,
+                     kernels::VecDotType(j.w->type), &stride);
+    prepared[n++] = {j.w, acts, stride, j.out, total_rows};
+    total_rows += j.w->rows;
+  }
+  pool_->ParallelFor(total_rows, kRowAlign, [&](int64_t begin, int64_t end) {
+    for (int i = 0; i < n; ++i) {
+      const Prepared& p = prepared[i];
+      const int64_t b = std::max(begin, p.first_row);
+      const int64_t e = std::min(end, p.first_row + p.w->rows);
+      if (b >= e) continue;
+      const int64_t r0 = b - p.first_row;
+      kernels::Gemm(p.w->type, p.w->cols, p.w->Row(r0), p.w->row_bytes, e - b,
+                    p.acts, p.act_stride, n_tokens, p.out + r0,
+                    static_cast<size_t>(p.w->rows));
+    }
+  });
+}
+
+void Forward::RmsNorm(const float* x, const float* w, float* out,
+                      int32_t n_tokens) {
+  const int32_t n = config_.n_embd;
+  for (int32_t t = 0; t < n_tokens; ++t) {
+    const float* xt = x + static_cast<size_t>(t) * n;
+    float* ot = out + static_cast<size_t>(t) * n;
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; ++i) sum += static_cast<double>(xt[i]) * xt[i];
+    const float scale =
+        1.0f / std::sqrt(static_cast<float>(sum / n) + config_.rms_eps);
+    for (int32_t i = 0; i < n; ++i) ot[i] = xt[i] * scale * w[i];
+  }
+}
+
+void Forward::Rope(float* vecs, int32_t n_heads, int32_t pos) {
+  const int32_t hd = config_.head_dim, half = config_.n_rot / 2;
+  const float* cs = rope_cos_.data() + static_cast<size_t>(pos) * half;
+  const float* sn = rope_sin_.data() + static_cast<size_t>(pos) * half;
+  for (int32_t h = 0; h < n_heads; ++h) {
+    float* v = vecs + static_cast<size_t>(h) * hd;
+    for (int32_t i = 0; i < half; ++i) {
+      const float x0 = v[2 * i], x1 = v[2 * i + 1];
+      v[2 * i] = x0 * cs[i] - x1 * sn[i];
+      v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+    }
+  }
+}
+
+void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
+                        int32_t n_tokens) {
+  const ModelConfig& c = config_;
+  const int32_t hd = c.head_dim;
+  const int32_t group = c.n_head / c.n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t items = static_cast<int64_t>(n_tokens) * c.n_head;
+  pool_->Run([&](int ti, int nt) {
+    float* scores = scores_.data() + static_cast<size_t>(ti) * n_ctx_;
+    for (int64_t item = ti; item < items; item += nt) {
+      const int32_t t = static_cast<int32_t>(item / c.n_head);
+      const int32_t h = static_cast<int32_t>(item % c.n_head);
+      const int32_t kvh = h / group;
+      const int32_t n_keys = pos0 + t + 1;  // causal
+      const float* q = q_.data() + static_cast<size_t>(t) * c.n_embd + h * hd;
+      float max_score = -INFINITY;
+      for (int32_t p = 0; p < n_keys; ++p) {
+        const float s =
+            kernels::DotF16F32(kv.K(layer, p) + kvh * hd, q, hd) * scale;
+        scores[p] = s;
+        max_score = std::max(max_score, s);
+      }
+      double sum = 0.0;
+      for (int32_t p = 0; p < n_keys; ++p) {
+        const float e = std::exp(scores[p] - max_score);
+        scores[p] = e;
+        sum += e;
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      float* out = att_.data() + static_cast<size_t>(t) * c.n_embd + h * hd;
+      std::fill(out, out + hd, 0.0f);
+      for (int32_t p = 0; p < n_keys; ++p) {
+        kernels::AxpyF16(scores[p] * inv, kv.V(layer, p) + kvh * hd, out, hd);
+      }
+    }
+  });
+}
+
+absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
+                           bool all_logits) {
+  const ModelConfig& c = config_;
+  const int32_t n = static_cast<int32_t>(tokens.size());
+  if (n <= 0 || n > max_batch_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch of ", n, " tokens; must be 1..", max_batch_));
+  }
+  const int32_t pos0 = kv.n_past();
+  if (pos0 + n > std::min(n_ctx_, kv.n_ctx())) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "context full: ", pos0, " + ", n, " tokens exceed the context of ",
+        std::min(n_ctx_, kv.n_ctx()), " positions"));
+  }
+  for (int32_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", tokens[t], " at index ", t, " is outside the vocabulary [0, ",
+          c.n_vocab, ")"));
+    }
+  }
+
+  const size_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff;
+  for (int32_t t = 0; t < n; ++t) {
+    kernels::ToFloat(model_.tok_embd.type, model_.tok_embd.Row(tokens[t]),
+                     x_.data() + t * E, c.n_embd);
+  }
+
+  for (int32_t l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& w = model_.layers[l];
+    // Attention block.
+    RmsNorm(x_.data(), w.attn_norm, xb_.data(), n);
+    MatMuls({{&w.wq, xb_.data(), q_.data()},
+             {&w.wk, xb_.data(), k_.data()},
+             {&w.wv, xb_.data(), v_.data()}},
+            n);
+    for (int32_t t = 0; t < n; ++t) {
+      Rope(q_.data() + t * E, c.n_head, pos0 + t);
+      Rope(k_.data() + t * KV, c.n_head_kv, pos0 + t);
+      kernels::F32ToF16(k_.data() + t * KV, kv.K(l, pos0 + t), c.kv_dim());
+      kernels::F32ToF16(v_.data() + t * KV, kv.V(l, pos0 + t), c.kv_dim());
+    }
+    Attention(kv, l, pos0, n);
+    MatMuls({{&w.wo, att_.data(), proj_.data()}}, n);
+    for (size_t i = 0; i < n * E; ++i) x_[i] += proj_[i];
+
+    // Feed-forward block (SwiGLU).
+    RmsNorm(x_.data(), w.ffn_norm, xb_.data(), n);
+    MatMuls({{&w.ffn.gate, xb_.data(), gate_.data()},
+             {&w.ffn.up, xb_.data(), up_.data()}},
+            n);
+    for (size_t i = 0; i < n * F; ++i) {
+      const float g = gate_[i];
+      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+    }
+    MatMuls({{&w.ffn.down, gate_.data(), proj_.data()}}, n);
+    for (size_t i = 0; i < n * E; ++i) x_[i] += proj_[i];
+  }
+  kv.set_n_past(pos0 + n);
+
+  // Output: final norm and classifier, for every token or the last.
+  const int32_t first = all_logits ? 0 : n - 1;
+  const int32_t n_out = n - first;
+  RmsNorm(x_.data() + first * E, model_.output_norm, xb_.data(), n_out);
+  MatMuls({{&model_.output, xb_.data(), logits_.data()}}, n_out);
+  return absl::OkStatus();
+}
+
+}  // namespace flashd

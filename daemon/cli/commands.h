@@ -1,0 +1,53 @@
+// flashd subcommands. Each parses its flags, calls into the libraries and
+// returns a process exit code; errors are printed as "flashd <cmd>: <msg>".
+#ifndef FLASHD_DAEMON_CLI_COMMANDS_H_
+#define FLASHD_DAEMON_CLI_COMMANDS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/base/thread_pool.h"
+#include "common/engine/forward.h"
+#include "common/engine/kv_cache.h"
+#include "common/model/model_loader.h"
+#include "daemon/cli/args.h"
+
+namespace flashd::cli {
+
+// Dispatches argv[1] to a subcommand.
+int Main(int argc, char** argv);
+
+int RunCommand(int argc, char** argv);
+int LogitsCommand(int argc, char** argv);
+int BenchCommand(int argc, char** argv);
+int MakeModelCommand(int argc, char** argv);
+
+// What run/logits/bench share: a loaded model, threads, forward, KV cache.
+struct Engine {
+  LoadedModel loaded;
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<Forward> forward;
+  std::unique_ptr<KvCache> kv;
+};
+
+// Declares --model, --tokenizer, --threads, --ctx, --batch on `args`.
+void AddEngineFlags(Args& args);
+// Loads the model and builds the engine from those flags.
+absl::StatusOr<Engine> OpenEngine(const Args& args);
+
+// Parses argv for `command`; prints help for --help (returns 0 via
+// *exit_code) or the error (exit code 2). Returns true to continue.
+bool ParseOrExit(Args& args, const std::string& command,
+                 const std::string& summary, int argc, char** argv,
+                 int* exit_code);
+
+// Prints "flashd <command>: <status message>" to stderr; returns 1.
+int Fail(const std::string& command, const absl::Status& status);
+
+// Peak resident set size of this process in bytes (VmHWM).
+size_t PeakRssBytes();
+
+}  // namespace flashd::cli
+
+#endif  // FLASHD_DAEMON_CLI_COMMANDS_H_
