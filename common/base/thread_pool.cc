@@ -53,7 +53,15 @@ void ThreadPool::Run(absl::FunctionRef<void(int, int)> fn) {
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   fn(0, n_threads_);
-  while (pending_.load(std::memory_order_acquire) != 0) FLASHD_PAUSE();
+  // Wait for the workers; yield now and then so a descheduled worker on an
+  // oversubscribed machine gets the core back.
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if ((spin & 1023) == 1023) {
+      std::this_thread::yield();
+    } else {
+      FLASHD_PAUSE();
+    }
+  }
   job_ = nullptr;
 }
 
