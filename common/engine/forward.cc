@@ -89,7 +89,7 @@ const uint8_t* Forward::QuantizeActs(const float* in, int64_t cols,
   a.type = vec_type;
   a.stride = RowSize(vec_type, cols);
   for (int32_t t = 0; t < n_tokens; ++t) {
-    kernels::FromFloat(vec_type, in + static_cast<size_t>(t) * cols,
+    kernels::QuantizeActivations(vec_type, in + static_cast<size_t>(t) * cols,
                        a.bytes.data() + t * a.stride, cols);
   }
   *stride = a.stride;

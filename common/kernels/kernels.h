@@ -33,9 +33,14 @@ void SetIsaForTesting(Isa isa);
 GgmlType VecDotType(GgmlType weight_type);
 
 // Converts n floats to a row of `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_K,
-// Q6_K, Q8_K). Quantizers reproduce ggml's reference quantizers
-// (quantize_row_*_ref) so files we write quantize like llama.cpp's.
+// Q6_K, Q8_K) with ggml's reference quantizers (quantize_row_*_ref), byte
+// for byte on every machine: files we write quantize like llama.cpp's.
 void FromFloat(GgmlType type, const float* x, void* y, int64_t n);
+
+// Converts activations to a vec-dot format (F32, F16, BF16, Q8_0, Q8_K) with
+// the fastest kernel (as ggml's SIMD quantizers: a value may land one level
+// from the reference on a rounding tie). For the forward pass, not files.
+void QuantizeActivations(GgmlType type, const float* x, void* y, int64_t n);
 
 // Converts a row of `type` (any supported type, incl. Q8_K) to n floats.
 void ToFloat(GgmlType type, const void* x, float* y, int64_t n);
