@@ -19,10 +19,26 @@
 namespace flashd {
 
 enum class GgufType : uint32_t {
-  kUint8 = 0, kInt8 = 1, kUint16 = 2, kInt16 = 3, kUint32 = 4, kInt32 = 5,
-  kFloat32 = 6, kBool = 7, kString = 8, kArray = 9, kUint64 = 10,
-  kInt64 = 11, kFloat64 = 12,
+  kUint8 = 0,
+  kInt8 = 1,
+  kUint16 = 2,
+  kInt16 = 3,
+  kUint32 = 4,
+  kInt32 = 5,
+  kFloat32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kUint64 = 10,
+  kInt64 = 11,
+  kFloat64 = 12,
 };
+
+// "uint8", "string", "array", ...; "type#N" for unknown ids.
+std::string GgufTypeName(uint32_t type);
+// Bytes of one fixed-size value of `type`; 0 for string, array and unknown
+// ids.
+uint64_t GgufTypeSize(uint32_t type);
 
 // One metadata value. Scalars are widened: integers to int64/uint64, floats
 // to double. Arrays keep their element type; string arrays become
@@ -69,6 +85,9 @@ class GgufFile {
   // Typed getters. NOT_FOUND when absent, INVALID_ARGUMENT naming the key
   // and both types when the stored type does not convert.
   absl::StatusOr<uint64_t> GetUint(std::string_view key) const;
+  // GetUint narrowed to uint32 (hyperparameters); INVALID_ARGUMENT when the
+  // value does not fit.
+  absl::StatusOr<uint32_t> GetUint32(std::string_view key) const;
   absl::StatusOr<int64_t> GetInt(std::string_view key) const;
   absl::StatusOr<double> GetFloat(std::string_view key) const;
   absl::StatusOr<bool> GetBool(std::string_view key) const;
