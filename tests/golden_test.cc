@@ -79,7 +79,7 @@ TEST_P(StoriesGolden, GreedyMatchesLlama2c) {
     IsaGuard guard(isa);
     ThreadPool pool(2);
     Forward forward(*lm->model, &pool, 256, 16);
-    KvCache kv(lm->model->config, 256);
+    KvCache kv(lm->model->config, 256, DefaultKvType(*lm->model));
     std::vector<int32_t> prompt = lm->tokenizer->Encode(GetParam().prompt, true);
     ASSERT_FALSE(prompt.empty());
     // llama2.c runs 256 positions: the sequence after BOS has at most 256

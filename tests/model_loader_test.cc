@@ -83,10 +83,10 @@ TEST(ModelLoader, RefusesOtherArchitectureByName) {
 
 TEST(ModelLoader, RefusesUnsupportedTensorTypeByName) {
   Spec s;
-  s.ffn_up_type = GgmlType::kQ5_K;
+  s.ffn_up_type = GgmlType::kQ5_0;
   const std::string err = LoadError(WriteModel(s, "type"));
   EXPECT_NE(err.find("blk.0.ffn_up.weight"), std::string::npos) << err;
-  EXPECT_NE(err.find("q5_K"), std::string::npos) << err;
+  EXPECT_NE(err.find("q5_0"), std::string::npos) << err;
 }
 
 TEST(ModelLoader, RefusesWrongShapeWithNumbers) {

@@ -159,6 +159,18 @@ void Forward::Rope(float* vecs, int32_t n_heads, int32_t pos) {
   }
 }
 
+void Forward::StoreKv(KvCache& kv, int32_t layer, int32_t pos,
+                      const float* k, const float* v) {
+  const int32_t n = config_.kv_dim();
+  if (kv.type() == KvType::kF16) {
+    kernels::F32ToF16(k, static_cast<uint16_t*>(kv.K(layer, pos)), n);
+    kernels::F32ToF16(v, static_cast<uint16_t*>(kv.V(layer, pos)), n);
+  } else {
+    std::memcpy(kv.K(layer, pos), k, n * sizeof(float));
+    std::memcpy(kv.V(layer, pos), v, n * sizeof(float));
+  }
+}
+
 void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
                         int32_t n_tokens) {
   const ModelConfig& c = config_;
@@ -174,10 +186,19 @@ void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
       const int32_t kvh = h / group;
       const int32_t n_keys = pos0 + t + 1;  // causal
       const float* q = q_.data() + static_cast<size_t>(t) * c.n_embd + h * hd;
+      const bool f16 = kv.type() == KvType::kF16;
       float max_score = -INFINITY;
       for (int32_t p = 0; p < n_keys; ++p) {
-        const float s =
-            kernels::DotF16F32(kv.K(layer, p) + kvh * hd, q, hd) * scale;
+        float s;
+        if (f16) {
+          s = kernels::DotF16F32(
+              static_cast<const uint16_t*>(kv.K(layer, p)) + kvh * hd, q, hd);
+        } else {
+          const float* k = static_cast<const float*>(kv.K(layer, p)) + kvh * hd;
+          s = 0.0f;
+          for (int32_t i = 0; i < hd; ++i) s += k[i] * q[i];
+        }
+        s *= scale;
         scores[p] = s;
         max_score = std::max(max_score, s);
       }
@@ -191,7 +212,15 @@ void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
       float* out = att_.data() + static_cast<size_t>(t) * c.n_embd + h * hd;
       std::fill(out, out + hd, 0.0f);
       for (int32_t p = 0; p < n_keys; ++p) {
-        kernels::AxpyF16(scores[p] * inv, kv.V(layer, p) + kvh * hd, out, hd);
+        const float a = scores[p] * inv;
+        if (f16) {
+          kernels::AxpyF16(
+              a, static_cast<const uint16_t*>(kv.V(layer, p)) + kvh * hd, out,
+              hd);
+        } else {
+          const float* v = static_cast<const float*>(kv.V(layer, p)) + kvh * hd;
+          for (int32_t i = 0; i < hd; ++i) out[i] += a * v[i];
+        }
       }
     }
   });
@@ -236,8 +265,7 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
     for (int32_t t = 0; t < n; ++t) {
       Rope(q_.data() + t * E, c.n_head, pos0 + t);
       Rope(k_.data() + t * KV, c.n_head_kv, pos0 + t);
-      kernels::F32ToF16(k_.data() + t * KV, kv.K(l, pos0 + t), c.kv_dim());
-      kernels::F32ToF16(v_.data() + t * KV, kv.V(l, pos0 + t), c.kv_dim());
+      StoreKv(kv, l, pos0 + t, k_.data() + t * KV, v_.data() + t * KV);
     }
     Attention(kv, l, pos0, n);
     MatMuls({{&w.wo, att_.data(), proj_.data()}}, n);

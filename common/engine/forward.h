@@ -61,6 +61,9 @@ class Forward {
                               GgmlType vec_type, size_t* stride);
   void RmsNorm(const float* x, const float* w, float* out, int32_t n_tokens);
   void Rope(float* vecs, int32_t n_heads, int32_t pos);
+  // Writes one position's keys and values in the cache's element type.
+  void StoreKv(KvCache& kv, int32_t layer, int32_t pos, const float* k,
+               const float* v);
   void Attention(const KvCache& kv, int32_t layer, int32_t pos0,
                  int32_t n_tokens);
 

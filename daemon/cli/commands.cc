@@ -48,7 +48,9 @@ void AddEngineFlags(Args& args) {
             "(default: the model's own, or tokenizer.bin beside it)")
       .Flag("threads", std::to_string(AvailableCores()), "compute threads")
       .Flag("ctx", "0", "context length in tokens (0: the model's, max 4096)")
-      .Flag("batch", "64", "prompt tokens evaluated per batch");
+      .Flag("batch", "64", "prompt tokens evaluated per batch")
+      .Flag("kv-type", "auto",
+            "KV cache element type: f16, f32, or auto (f32 for f32 models)");
 }
 
 absl::StatusOr<Engine> OpenEngine(const Args& args) {
@@ -62,6 +64,11 @@ absl::StatusOr<Engine> OpenEngine(const Args& args) {
   absl::StatusOr<int64_t> batch = args.GetInt("batch", 1, 4096);
   if (!batch.ok()) return batch.status();
 
+  const std::string kv_flag = args.Get("kv-type");
+  if (kv_flag != "auto" && kv_flag != "f16" && kv_flag != "f32") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-type '", kv_flag, "' is not one of auto, f16, f32"));
+  }
   LoadOptions options;
   options.tokenizer_path = args.Get("tokenizer");
   options.populate = true;
@@ -75,7 +82,10 @@ absl::StatusOr<Engine> OpenEngine(const Args& args) {
   e.pool = std::make_unique<ThreadPool>(static_cast<int>(*threads));
   e.forward = std::make_unique<Forward>(*e.loaded.model, e.pool.get(), n_ctx,
                                         static_cast<int32_t>(*batch));
-  e.kv = std::make_unique<KvCache>(c, n_ctx);
+  const KvType kv_type = kv_flag == "f16"   ? KvType::kF16
+                         : kv_flag == "f32" ? KvType::kF32
+                                            : DefaultKvType(*e.loaded.model);
+  e.kv = std::make_unique<KvCache>(c, n_ctx, kv_type);
   return e;
 }
 
