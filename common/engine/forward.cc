@@ -88,9 +88,16 @@ const uint8_t* Forward::QuantizeActs(const float* in, int64_t cols,
   a.src = in;
   a.type = vec_type;
   a.stride = RowSize(vec_type, cols);
-  for (int32_t t = 0; t < n_tokens; ++t) {
-    kernels::QuantizeActivations(vec_type, in + static_cast<size_t>(t) * cols,
-                       a.bytes.data() + t * a.stride, cols);
+  auto quantize = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      kernels::QuantizeActivations(vec_type, in + static_cast<size_t>(t) * cols,
+                                   a.bytes.data() + t * a.stride, cols);
+    }
+  };
+  if (n_tokens > 1) {
+    pool_->ParallelFor(n_tokens, 1, quantize);
+  } else {
+    quantize(0, n_tokens);
   }
   *stride = a.stride;
   return a.bytes.data();
@@ -127,6 +134,30 @@ void Forward::MatMuls(std::initializer_list<MatJob> jobs, int32_t n_tokens) {
       kernels::Gemm(p.w->type, p.w->cols, p.w->Row(r0), p.w->row_bytes, e - b,
                     p.acts, p.act_stride, n_tokens, p.out + r0,
                     static_cast<size_t>(p.w->rows));
+    }
+  });
+}
+
+void Forward::GateUpSilu(const FfnWeights& ffn, int32_t n_tokens) {
+  for (ActBuffer& a : acts_) a.src = nullptr;
+  size_t gate_stride = 0, up_stride = 0;
+  const uint8_t* gate_acts =
+      QuantizeActs(xb_.data(), ffn.gate.cols, n_tokens,
+                   kernels::VecDotType(ffn.gate.type), &gate_stride);
+  const uint8_t* up_acts =
+      QuantizeActs(xb_.data(), ffn.up.cols, n_tokens,
+                   kernels::VecDotType(ffn.up.type), &up_stride);
+  const int64_t n_ff = config_.n_ff;
+  pool_->ParallelFor(n_ff, kRowAlign, [&](int64_t b, int64_t e) {
+    kernels::Gemm(ffn.gate.type, ffn.gate.cols, ffn.gate.Row(b),
+                  ffn.gate.row_bytes, e - b, gate_acts, gate_stride, n_tokens,
+                  gate_.data() + b, n_ff);
+    kernels::Gemm(ffn.up.type, ffn.up.cols, ffn.up.Row(b), ffn.up.row_bytes,
+                  e - b, up_acts, up_stride, n_tokens, up_.data() + b, n_ff);
+    for (int32_t t = 0; t < n_tokens; ++t) {
+      float* g = gate_.data() + t * n_ff;
+      const float* u = up_.data() + t * n_ff;
+      for (int64_t i = b; i < e; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
     }
   });
 }
@@ -248,7 +279,7 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
     }
   }
 
-  const size_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff;
+  const size_t E = c.n_embd, KV = c.kv_dim();
   for (int32_t t = 0; t < n; ++t) {
     kernels::ToFloat(model_.tok_embd.type, model_.tok_embd.Row(tokens[t]),
                      x_.data() + t * E, c.n_embd);
@@ -273,13 +304,7 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
 
     // Feed-forward block (SwiGLU).
     RmsNorm(x_.data(), w.ffn_norm, xb_.data(), n);
-    MatMuls({{&w.ffn.gate, xb_.data(), gate_.data()},
-             {&w.ffn.up, xb_.data(), up_.data()}},
-            n);
-    for (size_t i = 0; i < n * F; ++i) {
-      const float g = gate_[i];
-      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
-    }
+    GateUpSilu(w.ffn, n);
     MatMuls({{&w.ffn.down, gate_.data(), proj_.data()}}, n);
     for (size_t i = 0; i < n * E; ++i) x_[i] += proj_[i];
   }

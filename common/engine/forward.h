@@ -56,6 +56,9 @@ class Forward {
   };
   // Runs jobs (all over the same tokens) with rows split across threads.
   void MatMuls(std::initializer_list<MatJob> jobs, int32_t n_tokens);
+  // gate and up over the same neurons on each thread, then
+  // gate_ = silu(gate_) * up_ for those neurons: one parallel region.
+  void GateUpSilu(const FfnWeights& ffn, int32_t n_tokens);
   // Quantizes `in` rows into the activation buffer for `vec_type`.
   const uint8_t* QuantizeActs(const float* in, int64_t cols, int32_t n_tokens,
                               GgmlType vec_type, size_t* stride);
