@@ -20,6 +20,8 @@
 // runs at DRAM bandwidth (bench/kernels_bench.cc measures it).
 // Per-block float scales are applied as in ggml (float(d_w * d_a) * sumi),
 // so results differ from the reference only by float summation order.
+// Q8_0/Q4_0 prefill (nt > 1) does not use these tiles: it repacks weights
+// and activations per call (kernels_avx512_q0.cc).
 
 // GCC 12's AVX-512 intrinsics start from self-initialised "undefined"
 // vectors, which -Wmaybe-uninitialized flags once they are inlined.
@@ -36,6 +38,7 @@
 #include <utility>
 
 #include "common/kernels/ggml_types.h"
+#include "common/kernels/kernels_avx512_q0.h"
 #include "common/kernels/kernels_internal.h"
 
 namespace flashd::kernels::internal {
@@ -387,6 +390,9 @@ struct Q4_0Weights {
   }
 };
 
+// Only the decode tiles (kRowsDecode x 1) run: GemmQ8_0/GemmQ4_0 below send
+// nt > 1 to the repacking prefill path, so kRows/kTokens merely satisfy
+// GemmDriver.
 struct Q8_0Kernel {
   static constexpr int kRowsDecode = 4;
   static constexpr int kRows = 4;
@@ -1111,12 +1117,35 @@ void AxpyRowQ6_K(float a, const void* row, float* y, int64_t n) {
   }
 }
 
+// Q8_0 / Q4_0: decode streams the weights as they are (Q0Tile); prefill
+// repacks them per call (kernels_avx512_q0.cc).
+void GemmQ8_0(int64_t n, const void* w, size_t w_stride, int64_t nr,
+              const void* a, size_t a_stride, int64_t nt, float* out,
+              size_t out_stride) {
+  if (nt == 1) {
+    GemmDriver<Q8_0Kernel>(n, w, w_stride, nr, a, a_stride, nt, out,
+                           out_stride);
+  } else {
+    GemmQ8_0PrefillAvx512(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
+  }
+}
+void GemmQ4_0(int64_t n, const void* w, size_t w_stride, int64_t nr,
+              const void* a, size_t a_stride, int64_t nt, float* out,
+              size_t out_stride) {
+  if (nt == 1) {
+    GemmDriver<Q4_0Kernel>(n, w, w_stride, nr, a, a_stride, nt, out,
+                           out_stride);
+  } else {
+    GemmQ4_0PrefillAvx512(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
+  }
+}
+
 constexpr int Id(GgmlType t) { return static_cast<int>(t); }
 
 IsaKernels MakeTable() {
   IsaKernels k;
-  k.gemm[Id(GgmlType::kQ8_0)] = &GemmDriver<Q8_0Kernel>;
-  k.gemm[Id(GgmlType::kQ4_0)] = &GemmDriver<Q4_0Kernel>;
+  k.gemm[Id(GgmlType::kQ8_0)] = &GemmQ8_0;
+  k.gemm[Id(GgmlType::kQ4_0)] = &GemmQ4_0;
   k.gemm[Id(GgmlType::kQ4_K)] = &GemmDriver<Q4_KKernel>;
   k.gemm[Id(GgmlType::kQ6_K)] = &GemmDriver<Q6_KKernel>;
   k.gemm[Id(GgmlType::kF16)] = &GemmDriver<F16Kernel>;
