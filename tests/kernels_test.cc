@@ -856,5 +856,57 @@ TEST(DispatchDeathTest, ForcingAnUnsupportedIsaIsABug) {
   EXPECT_DEATH(SetIsaForTesting(Isa::kAvx512), "check failed");
 }
 
+
+// Grouped-query attention against a double-precision reference, for group
+// sizes around the 8-head fast path, head sizes with tails, many lengths.
+TEST(AttendF16Test, MatchesReferenceOnEveryIsa) {
+  for (int32_t n_q : {1, 3, 4, 8, 12, 16}) {
+    for (int32_t hd : {4, 32, 64, 80}) {
+      for (int32_t n_keys : {1, 17, 200}) {
+        const size_t stride = static_cast<size_t>(hd) * 3 + 5;
+        const std::vector<float> q = RandomFloats(n_q * hd, 101 + hd, 1.0f);
+        const std::vector<float> kf = RandomFloats(n_keys * stride, 7, 1.0f);
+        const std::vector<float> vf = RandomFloats(n_keys * stride, 9, 1.0f);
+        std::vector<uint16_t> k(kf.size()), v(vf.size());
+        for (size_t i = 0; i < kf.size(); ++i) {
+          k[i] = FloatToHalf(kf[i]);
+          v[i] = FloatToHalf(vf[i]);
+        }
+        const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+        std::vector<double> want(n_q * hd, 0.0);
+        for (int32_t g = 0; g < n_q; ++g) {
+          std::vector<double> w(n_keys);
+          double mx = -1e300, sum = 0;
+          for (int32_t p = 0; p < n_keys; ++p) {
+            double d = 0;
+            for (int32_t i = 0; i < hd; ++i) {
+              d += static_cast<double>(q[g * hd + i]) * HalfToFloat(k[p * stride + i]);
+            }
+            w[p] = d * scale;
+            mx = std::max(mx, w[p]);
+          }
+          for (double& x : w) sum += (x = std::exp(x - mx));
+          for (int32_t p = 0; p < n_keys; ++p) {
+            for (int32_t i = 0; i < hd; ++i) {
+              want[g * hd + i] += w[p] / sum * HalfToFloat(v[p * stride + i]);
+            }
+          }
+        }
+        for (Isa isa : SupportedIsas()) {
+          SCOPED_TRACE(testing::Message() << IsaName(isa) << " n_q=" << n_q
+                                          << " hd=" << hd << " keys=" << n_keys);
+          ScopedIsa scoped(isa);
+          std::vector<float> scores(n_q * n_keys), out(n_q * hd, -1.0f);
+          AttendF16(q.data(), n_q, hd, k.data(), v.data(), stride, n_keys,
+                    scale, scores.data(), out.data());
+          for (size_t i = 0; i < out.size(); ++i) {
+            ASSERT_NEAR(out[i], want[i], 2e-5 + 2e-5 * std::fabs(want[i])) << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flashd::kernels

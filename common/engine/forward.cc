@@ -40,7 +40,8 @@ Forward::Forward(const Model& model, ThreadPool* pool, int32_t n_ctx,
   up_.resize(b * c.n_ff);
   logits_.resize(b * c.n_vocab);
   for (ActBuffer& a : acts_) a.bytes.resize(b * Width(c) * 2 + 64);
-  scores_.resize(static_cast<size_t>(pool->size()) * n_ctx);
+  scores_.resize(static_cast<size_t>(pool->size()) * n_ctx *
+                 (c.n_head / c.n_head_kv));
 
   // RoPE tables as ggml computes them (mode 0, adjacent pairs): theta for
   // pair i at position p is p * base^(-2i/n_rot), by repeated multiplication
@@ -208,49 +209,51 @@ void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
   const int32_t hd = c.head_dim;
   const int32_t group = c.n_head / c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int64_t items = static_cast<int64_t>(n_tokens) * c.n_head;
+  const size_t kv_stride = c.kv_dim();
+  // One work item = one token and one KV head with its `group` query heads
+  // (their q and output vectors are adjacent: head h at h * hd).
+  const int64_t items = static_cast<int64_t>(n_tokens) * c.n_head_kv;
   pool_->Run([&](int ti, int nt) {
-    float* scores = scores_.data() + static_cast<size_t>(ti) * n_ctx_;
+    float* scores =
+        scores_.data() + static_cast<size_t>(ti) * n_ctx_ * group;
     for (int64_t item = ti; item < items; item += nt) {
-      const int32_t t = static_cast<int32_t>(item / c.n_head);
-      const int32_t h = static_cast<int32_t>(item % c.n_head);
-      const int32_t kvh = h / group;
+      const int32_t t = static_cast<int32_t>(item / c.n_head_kv);
+      const int32_t kvh = static_cast<int32_t>(item % c.n_head_kv);
       const int32_t n_keys = pos0 + t + 1;  // causal
-      const float* q = q_.data() + static_cast<size_t>(t) * c.n_embd + h * hd;
-      const bool f16 = kv.type() == KvType::kF16;
-      float max_score = -INFINITY;
-      for (int32_t p = 0; p < n_keys; ++p) {
-        float s;
-        if (f16) {
-          s = kernels::DotF16F32(
-              static_cast<const uint16_t*>(kv.K(layer, p)) + kvh * hd, q, hd);
-        } else {
+      const size_t head0 =
+          static_cast<size_t>(t) * c.n_embd + static_cast<size_t>(kvh) * group * hd;
+      const float* q = q_.data() + head0;
+      float* out = att_.data() + head0;
+      if (kv.type() == KvType::kF16) {
+        kernels::AttendF16(
+            q, group, hd, static_cast<const uint16_t*>(kv.K(layer, 0)) + kvh * hd,
+            static_cast<const uint16_t*>(kv.V(layer, 0)) + kvh * hd, kv_stride,
+            n_keys, scale, scores, out);
+        continue;
+      }
+      // f32 cache: plain loops, in the order llama2.c's reference sums.
+      for (int32_t g = 0; g < group; ++g) {
+        const float* qg = q + static_cast<size_t>(g) * hd;
+        float max_score = -INFINITY;
+        for (int32_t p = 0; p < n_keys; ++p) {
           const float* k = static_cast<const float*>(kv.K(layer, p)) + kvh * hd;
-          s = 0.0f;
-          for (int32_t i = 0; i < hd; ++i) s += k[i] * q[i];
+          float s = 0.0f;
+          for (int32_t i = 0; i < hd; ++i) s += k[i] * qg[i];
+          scores[p] = s * scale;
+          max_score = std::max(max_score, scores[p]);
         }
-        s *= scale;
-        scores[p] = s;
-        max_score = std::max(max_score, s);
-      }
-      double sum = 0.0;
-      for (int32_t p = 0; p < n_keys; ++p) {
-        const float e = std::exp(scores[p] - max_score);
-        scores[p] = e;
-        sum += e;
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      float* out = att_.data() + static_cast<size_t>(t) * c.n_embd + h * hd;
-      std::fill(out, out + hd, 0.0f);
-      for (int32_t p = 0; p < n_keys; ++p) {
-        const float a = scores[p] * inv;
-        if (f16) {
-          kernels::AxpyF16(
-              a, static_cast<const uint16_t*>(kv.V(layer, p)) + kvh * hd, out,
-              hd);
-        } else {
+        double sum = 0.0;
+        for (int32_t p = 0; p < n_keys; ++p) {
+          scores[p] = std::exp(scores[p] - max_score);
+          sum += scores[p];
+        }
+        const float inv = static_cast<float>(1.0 / sum);
+        float* og = out + static_cast<size_t>(g) * hd;
+        std::fill(og, og + hd, 0.0f);
+        for (int32_t p = 0; p < n_keys; ++p) {
+          const float a = scores[p] * inv;
           const float* v = static_cast<const float*>(kv.V(layer, p)) + kvh * hd;
-          for (int32_t i = 0; i < hd; ++i) out[i] += a * v[i];
+          for (int32_t i = 0; i < hd; ++i) og[i] += a * v[i];
         }
       }
     }

@@ -50,6 +50,7 @@ void Overlay(const IsaKernels& over, IsaKernels& base) {
   if (over.dot_f16_f32 != nullptr) base.dot_f16_f32 = over.dot_f16_f32;
   if (over.axpy_f16 != nullptr) base.axpy_f16 = over.axpy_f16;
   if (over.f32_to_f16 != nullptr) base.f32_to_f16 = over.f32_to_f16;
+  if (over.attend_f16 != nullptr) base.attend_f16 = over.attend_f16;
 }
 
 struct Dispatch {
@@ -254,6 +255,12 @@ void AxpyF16(float a, const uint16_t* v, float* y, int64_t n) {
 
 void F32ToF16(const float* x, uint16_t* y, int64_t n) {
   Active().f32_to_f16(x, y, n);
+}
+
+void AttendF16(const float* q, int32_t n_q, int32_t hd, const uint16_t* k,
+               const uint16_t* v, size_t kv_stride, int32_t n_keys,
+               float scale, float* scores, float* out) {
+  Active().attend_f16(q, n_q, hd, k, v, kv_stride, n_keys, scale, scores, out);
 }
 
 }  // namespace flashd::kernels

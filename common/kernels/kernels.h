@@ -71,6 +71,16 @@ void AxpyF16(float a, const uint16_t* v, float* y, int64_t n);
 // Converts floats to fp16 (round to nearest even).
 void F32ToF16(const float* x, uint16_t* y, int64_t n);
 
+// Causal attention of `n_q` query heads that share one KV head (grouped-query
+// attention) over positions [0, n_keys) of an fp16 cache:
+//   out[g] = sum_p softmax_p(scale * q[g] . k_p) * v_p
+// q[g] = q + g * hd, out[g] = out + g * hd; k_p = k + p * kv_stride and
+// v_p = v + p * kv_stride (strides in elements). `scores` is scratch of
+// n_q * n_keys floats. Each K and V row is read once for the whole group.
+void AttendF16(const float* q, int32_t n_q, int32_t hd, const uint16_t* k,
+               const uint16_t* v, size_t kv_stride, int32_t n_keys,
+               float scale, float* scores, float* out);
+
 }  // namespace flashd::kernels
 
 #endif  // FLASHD_COMMON_KERNELS_KERNELS_H_

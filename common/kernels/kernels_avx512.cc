@@ -38,6 +38,7 @@
 #include <utility>
 
 #include "common/kernels/ggml_types.h"
+#include "common/kernels/kernels_avx512_attention.h"
 #include "common/kernels/kernels_avx512_q0.h"
 #include "common/kernels/kernels_internal.h"
 
@@ -1169,6 +1170,7 @@ IsaKernels MakeTable() {
   k.dot_f16_f32 = &DotF16F32;
   k.axpy_f16 = &AxpyF16;
   k.f32_to_f16 = &F32ToF16;
+  k.attend_f16 = &AttendF16Avx512;
   return k;
 }
 

@@ -22,6 +22,10 @@ using AxpyRowFn = void (*)(float a, const void* row, float* y, int64_t n);
 using DotF16F32Fn = float (*)(const uint16_t* k, const float* q, int64_t n);
 using AxpyF16Fn = void (*)(float a, const uint16_t* v, float* y, int64_t n);
 using F32ToF16Fn = void (*)(const float* x, uint16_t* y, int64_t n);
+using AttendF16Fn = void (*)(const float* q, int32_t n_q, int32_t hd,
+                             const uint16_t* k, const uint16_t* v,
+                             size_t kv_stride, int32_t n_keys, float scale,
+                             float* scores, float* out);
 
 struct IsaKernels {
   GemmFn gemm[kMaxTypeId] = {};             // by weight type id
@@ -30,6 +34,7 @@ struct IsaKernels {
   DotF16F32Fn dot_f16_f32 = nullptr;
   AxpyF16Fn axpy_f16 = nullptr;
   F32ToF16Fn f32_to_f16 = nullptr;
+  AttendF16Fn attend_f16 = nullptr;
 };
 
 // Complete portable table (kernels_scalar.cc).

@@ -4,6 +4,7 @@
 // types multiply in float and accumulate in double.
 #include <cstddef>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 #include "common/base/check.h"
@@ -266,6 +267,30 @@ void F32ToF16Scalar(const float* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = FloatToHalf(x[i]);
 }
 
+void AttendF16Scalar(const float* q, int32_t n_q, int32_t hd,
+                     const uint16_t* k, const uint16_t* v, size_t kv_stride,
+                     int32_t n_keys, float scale, float* scores, float* out) {
+  for (int32_t g = 0; g < n_q; ++g) {
+    float* s = scores + static_cast<size_t>(g) * n_keys;
+    float max_score = -INFINITY;
+    for (int32_t p = 0; p < n_keys; ++p) {
+      s[p] = DotF16F32Scalar(k + p * kv_stride, q + g * hd, hd) * scale;
+      max_score = s[p] > max_score ? s[p] : max_score;
+    }
+    double sum = 0.0;
+    for (int32_t p = 0; p < n_keys; ++p) {
+      s[p] = std::exp(s[p] - max_score);
+      sum += s[p];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    float* o = out + static_cast<size_t>(g) * hd;
+    for (int32_t i = 0; i < hd; ++i) o[i] = 0.0f;
+    for (int32_t p = 0; p < n_keys; ++p) {
+      AxpyF16Scalar(s[p] * inv, v + p * kv_stride, o, hd);
+    }
+  }
+}
+
 IsaKernels MakeScalarTable() {
   IsaKernels t;
   t.gemm[Id(GgmlType::kF32)] = &GemmRows<DotF32>;
@@ -294,6 +319,7 @@ IsaKernels MakeScalarTable() {
   t.dot_f16_f32 = &DotF16F32Scalar;
   t.axpy_f16 = &AxpyF16Scalar;
   t.f32_to_f16 = &F32ToF16Scalar;
+  t.attend_f16 = &AttendF16Scalar;
   return t;
 }
 
