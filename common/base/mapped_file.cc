@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -27,10 +28,39 @@ absl::Status ErrnoStatus(int err, const std::string& what) {
   }
 }
 
+// Reads fd's `size` bytes into fresh anonymous memory (huge pages advised).
+absl::StatusOr<void*> ReadIntoAnonymous(int fd, size_t size,
+                                        const std::string& path) {
+  void* mem = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate ", size, " bytes to hold ", path, ": ",
+        std::strerror(errno)));
+  }
+  ::madvise(mem, size, MADV_HUGEPAGE);  // advisory; fine if THP is off
+  constexpr size_t kChunk = size_t{64} << 20;
+  for (size_t done = 0; done < size;) {
+    const ssize_t r = ::pread(fd, static_cast<char*>(mem) + done,
+                              std::min(size - done, kChunk),
+                              static_cast<off_t>(done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      const int err = errno;
+      ::munmap(mem, size);
+      return absl::DataLossError(absl::StrCat(
+          "reading ", path, " at offset ", done, " of ", size, ": ",
+          r == 0 ? "file shrank while loading" : std::strerror(err)));
+    }
+    done += static_cast<size_t>(r);
+  }
+  return mem;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
-    const std::string& path, bool populate) {
+    const std::string& path, bool resident) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", path));
   struct stat st;
@@ -48,15 +78,24 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     ::close(fd);
     return absl::InvalidArgumentError(absl::StrCat(path, " is empty"));
   }
-  int flags = MAP_PRIVATE | (populate ? MAP_POPULATE : 0);
-  void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, flags,
-                   fd, 0);
-  int err = errno;
-  ::close(fd);
-  if (p == MAP_FAILED) return ErrnoStatus(err, absl::StrCat("cannot map ", path));
+  const size_t size = static_cast<size_t>(st.st_size);
+  void* p = nullptr;
+  if (resident) {
+    absl::StatusOr<void*> mem = ReadIntoAnonymous(fd, size, path);
+    ::close(fd);
+    if (!mem.ok()) return mem.status();
+    p = *mem;
+  } else {
+    p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int err = errno;
+    ::close(fd);
+    if (p == MAP_FAILED) {
+      return ErrnoStatus(err, absl::StrCat("cannot map ", path));
+    }
+  }
   auto f = std::unique_ptr<MappedFile>(new MappedFile());
   f->data_ = static_cast<const uint8_t*>(p);
-  f->size_ = static_cast<size_t>(st.st_size);
+  f->size_ = size;
   f->is_mmap_ = true;
   f->path_ = path;
   return f;

@@ -413,9 +413,9 @@ class GgufParser {
 };
 
 absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(
-    const std::string& path, bool populate) {
+    const std::string& path, bool resident) {
   absl::StatusOr<std::unique_ptr<MappedFile>> mapped =
-      MappedFile::Open(path, populate);
+      MappedFile::Open(path, resident);
   if (!mapped.ok()) return mapped.status();
   absl::StatusOr<std::unique_ptr<GgufFile>> file =
       Parse(std::shared_ptr<const MappedFile>(std::move(*mapped)));

@@ -67,7 +67,7 @@ class GgufFile {
  public:
   // Maps and parses `path`.
   static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path,
-                                                        bool populate = false);
+                                                        bool resident = false);
   // Parses an already mapped file (tests and fuzzers use FromString).
   static absl::StatusOr<std::unique_ptr<GgufFile>> Parse(
       std::shared_ptr<const MappedFile> file);

@@ -258,7 +258,7 @@ absl::StatusOr<std::unique_ptr<Model>> ModelFromGguf(const GgufFile& g) {
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path,
                                       const LoadOptions& options) {
   absl::StatusOr<std::unique_ptr<MappedFile>> mapped =
-      MappedFile::Open(path, options.populate);
+      MappedFile::Open(path, options.resident);
   if (!mapped.ok()) return mapped.status();
   std::shared_ptr<const MappedFile> file = std::move(*mapped);
   LoadedModel out;

@@ -22,8 +22,9 @@ struct LoadOptions {
   // llama2.c checkpoints (default: tokenizer.bin / tok<vocab>.bin beside the
   // model); optional for GGUF (default: the model's own vocabulary).
   std::string tokenizer_path;
-  // Pre-fault the whole mapping (weights in DRAM before the first token).
-  bool populate = false;
+  // Read the file into DRAM (huge pages) rather than mapping it: weights
+  // stay resident and stream faster (see MappedFile::Open).
+  bool resident = false;
 };
 
 // Detects the format by magic and loads. Errors name the file, the field and

@@ -71,7 +71,7 @@ absl::StatusOr<Engine> OpenEngine(const Args& args) {
   }
   LoadOptions options;
   options.tokenizer_path = args.Get("tokenizer");
-  options.populate = true;
+  options.resident = true;
   absl::StatusOr<LoadedModel> loaded = LoadModel(args.Get("model"), options);
   if (!loaded.ok()) return loaded.status();
   Engine e;
