@@ -23,13 +23,7 @@
 // Q8_0/Q4_0 prefill (nt > 1) does not use these tiles: it repacks weights
 // and activations per call (kernels_avx512_q0.cc).
 
-// GCC 12's AVX-512 intrinsics start from self-initialised "undefined"
-// vectors, which -Wmaybe-uninitialized flags once they are inlined.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "common/kernels/immintrin_quiet.h"
 
 #include <algorithm>
 #include <cstddef>

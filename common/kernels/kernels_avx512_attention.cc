@@ -3,13 +3,7 @@
 // softmax runs on vectors with a Cephes-style exp (about 1 ulp).
 #include "common/kernels/kernels_avx512_attention.h"
 
-// GCC 12's AVX-512 intrinsics start from self-initialised "undefined"
-// vectors, which -Wmaybe-uninitialized flags once they are inlined.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "common/kernels/immintrin_quiet.h"
 
 #include <algorithm>
 #include <cmath>

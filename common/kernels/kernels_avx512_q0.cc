@@ -24,13 +24,7 @@
 // used by every token of the chunk.
 // Scales apply as float(d_w * d_a) * sumi, as in ggml.
 
-// GCC 12's AVX-512 intrinsics start from self-initialised "undefined"
-// vectors, which -Wmaybe-uninitialized flags once they are inlined.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "common/kernels/immintrin_quiet.h"
 
 #include <algorithm>
 #include <array>

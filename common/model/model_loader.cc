@@ -1,5 +1,7 @@
 #include "common/model/model_loader.h"
 
+#include <unistd.h>
+
 #include <cstring>
 #include <map>
 #include <string_view>
@@ -151,6 +153,31 @@ absl::Status CheckShape(const ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// llama2.c's tokenizer beside a checkpoint: tokenizer.bin, else
+// tok<vocab>.bin (as llama2.c names its small vocabularies).
+std::string DefaultTokenizerPath(const std::string& model_path,
+                                 int32_t n_vocab) {
+  const size_t slash = model_path.find_last_of('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : model_path.substr(0, slash);
+  const std::string plain = dir + "/tokenizer.bin";
+  if (::access(plain.c_str(), R_OK) == 0) return plain;
+  return absl::StrCat(dir, "/tok", n_vocab, ".bin");
+}
+
+// A GGUF vocabulary or a llama2.c tokenizer.bin, told apart by magic.
+absl::StatusOr<Vocab> LoadVocabFile(const std::string& path, int32_t n_vocab) {
+  absl::StatusOr<std::unique_ptr<MappedFile>> f = MappedFile::Open(path);
+  if (!f.ok()) return f.status();
+  std::shared_ptr<const MappedFile> file = std::move(*f);
+  if (file->size() >= 4 && std::memcmp(file->data(), "GGUF", 4) == 0) {
+    absl::StatusOr<std::unique_ptr<GgufFile>> g = GgufFile::Parse(file);
+    if (!g.ok()) return g.status();
+    return LoadVocabFromGguf(**g);
+  }
+  return ParseLlama2cVocab(file->bytes(), n_vocab, path);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Model>> ModelFromGguf(const GgufFile& g) {
@@ -282,27 +309,11 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path,
     out.model = std::move(*model);
   }
   if (out.tokenizer == nullptr) {
-    std::string tok = options.tokenizer_path;
-    if (tok.empty()) {
-      const size_t slash = path.find_last_of('/');
-      const std::string dir =
-          slash == std::string::npos ? "." : path.substr(0, slash);
-      const std::string a = dir + "/tokenizer.bin";
-      const std::string b =
-          absl::StrCat(dir, "/tok", out.model->config.n_vocab, ".bin");
-      tok = (MappedFile::Open(a).ok() || !MappedFile::Open(b).ok()) ? a : b;
-    }
-    absl::StatusOr<Vocab> vocab;
-    std::unique_ptr<MappedFile> probe;
-    if (auto f = MappedFile::Open(tok); f.ok() && (*f)->size() >= 4 &&
-                                        std::memcmp((*f)->data(), "GGUF", 4) == 0) {
-      std::shared_ptr<const MappedFile> shared = std::move(*f);
-      absl::StatusOr<std::unique_ptr<GgufFile>> g = GgufFile::Parse(shared);
-      if (!g.ok()) return g.status();
-      vocab = LoadVocabFromGguf(**g);
-    } else {
-      vocab = LoadVocabFromLlama2c(tok, out.model->config.n_vocab);
-    }
+    const std::string tok =
+        options.tokenizer_path.empty()
+            ? DefaultTokenizerPath(path, out.model->config.n_vocab)
+            : options.tokenizer_path;
+    absl::StatusOr<Vocab> vocab = LoadVocabFile(tok, out.model->config.n_vocab);
     if (!vocab.ok()) {
       return absl::Status(vocab.status().code(),
                           absl::StrCat("tokenizer ", tok, ": ",

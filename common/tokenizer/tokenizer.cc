@@ -67,26 +67,6 @@ std::string UnescapeSpaces(std::string_view piece) {
   return out;
 }
 
-int ParseBytePiece(std::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') {
-    return -1;
-  }
-  int value = 0;
-  for (char c : piece.substr(3, 2)) {
-    int digit;
-    if (c >= '0' && c <= '9') {
-      digit = c - '0';
-    } else if (c >= 'A' && c <= 'F') {
-      digit = c - 'A' + 10;
-    } else if (c >= 'a' && c <= 'f') {
-      digit = c - 'a' + 10;
-    } else {
-      return -1;
-    }
-    value = value * 16 + digit;
-  }
-  return value;
-}
 
 // The largest float llama2.c's merge loop never accepts (its best_score
 // starts at -1e10f and a merge needs a strictly greater score).

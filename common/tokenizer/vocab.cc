@@ -59,27 +59,6 @@ absl::Status ReadBool(const GgufFile& gguf, const char* key, bool* value) {
   return absl::OkStatus();
 }
 
-// "<0xXX>" (hex digits in either case) → XX, else -1.
-int ParseBytePiece(std::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') {
-    return -1;
-  }
-  int value = 0;
-  for (char c : piece.substr(3, 2)) {
-    int digit;
-    if (c >= '0' && c <= '9') {
-      digit = c - '0';
-    } else if (c >= 'A' && c <= 'F') {
-      digit = c - 'A' + 10;
-    } else if (c >= 'a' && c <= 'f') {
-      digit = c - 'a' + 10;
-    } else {
-      return -1;
-    }
-    value = value * 16 + digit;
-  }
-  return value;
-}
 
 }  // namespace
 
@@ -273,6 +252,27 @@ absl::StatusOr<Vocab> LoadVocabFromLlama2c(const std::string& path,
   absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(path);
   if (!file.ok()) return file.status();
   return ParseLlama2cVocab((*file)->bytes(), n_vocab, path);
+}
+
+int ParseBytePiece(std::string_view piece) {
+  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') {
+    return -1;
+  }
+  int value = 0;
+  for (char c : piece.substr(3, 2)) {
+    int digit;
+    if (c >= '0' && c <= '9') {
+      digit = c - '0';
+    } else if (c >= 'A' && c <= 'F') {
+      digit = c - 'A' + 10;
+    } else if (c >= 'a' && c <= 'f') {
+      digit = c - 'a' + 10;
+    } else {
+      return -1;
+    }
+    value = value * 16 + digit;
+  }
+  return value;
 }
 
 }  // namespace flashd

@@ -42,6 +42,10 @@ struct Vocab {
   int32_t size() const { return static_cast<int32_t>(pieces.size()); }
 };
 
+// The byte of a byte-fallback piece "<0xXX>" (hex digits in either case),
+// or -1 for any other piece.
+int ParseBytePiece(std::string_view piece);
+
 // Reads tokenizer.ggml.* from a GGUF (model "llama" only; others refused by
 // name). Keys and defaults as llama.cpp: tokens (required), scores (0),
 // token_type (normal), bos/eos/unknown_token_id (1/2/0), add_bos_token
