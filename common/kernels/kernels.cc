@@ -35,8 +35,9 @@ Isa DetectIsaUncached() {
                       __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx512vnni") &&
-                      __builtin_cpu_supports("avx512bf16");
+                      __builtin_cpu_supports("avx512vnni");
+  // AVX512_BF16 is optional: the AVX-512 table installs its BF16 GEMM only
+  // when the CPU has it (Zen 4, Cooper Lake and later; not Ice Lake).
   return avx512 ? Isa::kAvx512 : Isa::kAvx2;
 }
 
