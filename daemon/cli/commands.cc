@@ -20,6 +20,7 @@ constexpr char kUsage[] =
     "  logits      write a prompt's token ids and logits to files\n"
     "  bench       measure prefill and decode speed\n"
     "  make-model  write a random-weight GGUF model of a preset shape\n"
+    "  calibrate-io  measure flash read throughput; write an I/O profile\n"
     "\n"
     "'flashd <command> --help' lists a command's flags.\n";
 
@@ -36,6 +37,7 @@ int Main(int argc, char** argv) {
   if (cmd == "logits") return LogitsCommand(argc, argv);
   if (cmd == "bench") return BenchCommand(argc, argv);
   if (cmd == "make-model") return MakeModelCommand(argc, argv);
+  if (cmd == "calibrate-io") return CalibrateIoCommand(argc, argv);
   std::fprintf(stderr, "flashd: unknown command '%s'\n\n%s", cmd.c_str(),
                kUsage);
   return 2;

@@ -22,6 +22,7 @@ int RunCommand(int argc, char** argv);
 int LogitsCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
 int MakeModelCommand(int argc, char** argv);
+int CalibrateIoCommand(int argc, char** argv);
 
 // What run/logits/bench share: a loaded model, threads, forward, KV cache.
 struct Engine {

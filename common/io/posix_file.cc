@@ -1,0 +1,99 @@
+#include "common/io/posix_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace flashd::io {
+namespace {
+
+// Largest single pread: Linux transfers at most 0x7ffff000 bytes per call.
+constexpr size_t kMaxPreadBytes = size_t{1} << 30;
+
+absl::Status OpenErrnoStatus(int err, const std::string& what) {
+  const std::string msg = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(msg);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(msg);
+    default:
+      return absl::InvalidArgumentError(msg);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<int> OpenRegularFile(const std::string& path, int extra_flags,
+                                    uint64_t* size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | extra_flags);
+  if (fd < 0) return OpenErrnoStatus(errno, absl::StrCat("cannot open ", path));
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return OpenErrnoStatus(err, absl::StrCat("cannot stat ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is not a regular file"));
+  }
+  *size = static_cast<uint64_t>(st.st_size);
+  return fd;
+}
+
+absl::StatusOr<std::unique_ptr<PosixFile>> PosixFile::Open(
+    const std::string& path, Options options) {
+  uint64_t size = 0;
+  absl::StatusOr<int> fd = OpenRegularFile(path, 0, &size);
+  if (!fd.ok()) return fd.status();
+  if (!options.pread) options.pread = ::pread;
+  return std::unique_ptr<PosixFile>(
+      new PosixFile(*fd, size, path, std::move(options)));
+}
+
+PosixFile::PosixFile(int fd, uint64_t size, std::string path, Options options)
+    : fd_(fd), size_(size), path_(std::move(path)),
+      options_(std::move(options)) {}
+
+PosixFile::~PosixFile() { ::close(fd_); }
+
+absl::Status PosixFile::Read(uint64_t offset, size_t n, uint8_t* dst) {
+  absl::Status s = CheckReadRange(path_, size_, offset, n);
+  if (!s.ok()) return s;
+  size_t done = 0;
+  while (done < n) {
+    const size_t want = std::min(n - done, kMaxPreadBytes);
+    const ssize_t r = options_.pread(fd_, dst + done, want,
+                                     static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ReadErrnoStatus(errno, path_, offset + done, n - done);
+    }
+    if (r == 0) {
+      return absl::DataLossError(absl::StrCat(
+          "read of ", path_, " at offset ", offset + done, ", length ",
+          n - done, " hit end of file: the file shrank below ", offset + done,
+          " bytes after it was opened (size then ", size_, ")"));
+    }
+    done += static_cast<size_t>(r);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PosixFile::ReadBatch(absl::Span<ReadRequest> reqs) {
+  for (ReadRequest& r : reqs) r.status = Read(r.offset, r.n, r.dst);
+  return FirstError(reqs);
+}
+
+}  // namespace flashd::io
