@@ -11,22 +11,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/base/errno_status.h"
 
 namespace flashd {
 namespace {
-
-absl::Status ErrnoStatus(int err, const std::string& what) {
-  std::string msg = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-      return absl::NotFoundError(msg);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(msg);
-    default:
-      return absl::InvalidArgumentError(msg);
-  }
-}
 
 // Reads fd's `size` bytes into fresh anonymous memory (huge pages advised).
 absl::StatusOr<void*> ReadIntoAnonymous(int fd, size_t size,
@@ -62,12 +50,12 @@ absl::StatusOr<void*> ReadIntoAnonymous(int fd, size_t size,
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     const std::string& path, bool resident) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", path));
+  if (fd < 0) return FileErrnoStatus(errno, absl::StrCat("cannot open ", path));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     int err = errno;
     ::close(fd);
-    return ErrnoStatus(err, absl::StrCat("cannot stat ", path));
+    return FileErrnoStatus(err, absl::StrCat("cannot stat ", path));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -90,7 +78,7 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     const int err = errno;
     ::close(fd);
     if (p == MAP_FAILED) {
-      return ErrnoStatus(err, absl::StrCat("cannot map ", path));
+      return FileErrnoStatus(err, absl::StrCat("cannot map ", path));
     }
   }
   auto f = std::unique_ptr<MappedFile>(new MappedFile());

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/base/errno_status.h"
 
 namespace flashd::io {
 namespace {
@@ -18,30 +19,17 @@ namespace {
 // Largest single pread: Linux transfers at most 0x7ffff000 bytes per call.
 constexpr size_t kMaxPreadBytes = size_t{1} << 30;
 
-absl::Status OpenErrnoStatus(int err, const std::string& what) {
-  const std::string msg = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-      return absl::NotFoundError(msg);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(msg);
-    default:
-      return absl::InvalidArgumentError(msg);
-  }
-}
-
 }  // namespace
 
 absl::StatusOr<int> OpenRegularFile(const std::string& path, int extra_flags,
                                     uint64_t* size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | extra_flags);
-  if (fd < 0) return OpenErrnoStatus(errno, absl::StrCat("cannot open ", path));
+  if (fd < 0) return FileErrnoStatus(errno, absl::StrCat("cannot open ", path));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
-    return OpenErrnoStatus(err, absl::StrCat("cannot stat ", path));
+    return FileErrnoStatus(err, absl::StrCat("cannot stat ", path));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
