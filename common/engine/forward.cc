@@ -229,32 +229,11 @@ void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
             q, group, hd, static_cast<const uint16_t*>(kv.K(layer, 0)) + kvh * hd,
             static_cast<const uint16_t*>(kv.V(layer, 0)) + kvh * hd, kv_stride,
             n_keys, scale, scores, out);
-        continue;
-      }
-      // f32 cache: plain loops, in the order llama2.c's reference sums.
-      for (int32_t g = 0; g < group; ++g) {
-        const float* qg = q + static_cast<size_t>(g) * hd;
-        float max_score = -INFINITY;
-        for (int32_t p = 0; p < n_keys; ++p) {
-          const float* k = static_cast<const float*>(kv.K(layer, p)) + kvh * hd;
-          float s = 0.0f;
-          for (int32_t i = 0; i < hd; ++i) s += k[i] * qg[i];
-          scores[p] = s * scale;
-          max_score = std::max(max_score, scores[p]);
-        }
-        double sum = 0.0;
-        for (int32_t p = 0; p < n_keys; ++p) {
-          scores[p] = std::exp(scores[p] - max_score);
-          sum += scores[p];
-        }
-        const float inv = static_cast<float>(1.0 / sum);
-        float* og = out + static_cast<size_t>(g) * hd;
-        std::fill(og, og + hd, 0.0f);
-        for (int32_t p = 0; p < n_keys; ++p) {
-          const float a = scores[p] * inv;
-          const float* v = static_cast<const float*>(kv.V(layer, p)) + kvh * hd;
-          for (int32_t i = 0; i < hd; ++i) og[i] += a * v[i];
-        }
+      } else {
+        kernels::AttendF32(
+            q, group, hd, static_cast<const float*>(kv.K(layer, 0)) + kvh * hd,
+            static_cast<const float*>(kv.V(layer, 0)) + kvh * hd, kv_stride,
+            n_keys, scale, scores, out);
       }
     }
   });

@@ -264,4 +264,11 @@ void AttendF16(const float* q, int32_t n_q, int32_t hd, const uint16_t* k,
   Active().attend_f16(q, n_q, hd, k, v, kv_stride, n_keys, scale, scores, out);
 }
 
+void AttendF32(const float* q, int32_t n_q, int32_t hd, const float* k,
+               const float* v, size_t kv_stride, int32_t n_keys, float scale,
+               float* scores, float* out) {
+  internal::AttendF32Portable(q, n_q, hd, k, v, kv_stride, n_keys, scale,
+                              scores, out);
+}
+
 }  // namespace flashd::kernels

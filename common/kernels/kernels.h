@@ -81,6 +81,12 @@ void AttendF16(const float* q, int32_t n_q, int32_t hd, const uint16_t* k,
                const uint16_t* v, size_t kv_stride, int32_t n_keys,
                float scale, float* scores, float* out);
 
+// The same over an f32 cache, portable, summing in plain sequential order
+// (as llama2.c's reference does, so fp32 models reproduce it exactly).
+void AttendF32(const float* q, int32_t n_q, int32_t hd, const float* k,
+               const float* v, size_t kv_stride, int32_t n_keys, float scale,
+               float* scores, float* out);
+
 }  // namespace flashd::kernels
 
 #endif  // FLASHD_COMMON_KERNELS_KERNELS_H_

@@ -49,6 +49,11 @@ const IsaKernels& Avx512Kernels();
 void QuantizeRowRef(GgmlType type, const float* x, void* y, int64_t n);
 void DequantizeRowRef(GgmlType type, const void* x, float* y, int64_t n);
 
+// kernels::AttendF32 (kernels_scalar.cc; one implementation on every ISA).
+void AttendF32Portable(const float* q, int32_t n_q, int32_t hd,
+                       const float* k, const float* v, size_t kv_stride,
+                       int32_t n_keys, float scale, float* scores, float* out);
+
 }  // namespace flashd::kernels::internal
 
 #endif  // FLASHD_COMMON_KERNELS_KERNELS_INTERNAL_H_

@@ -363,4 +363,37 @@ void GemmReference(GgmlType wtype, int64_t n, const void* w, size_t w_stride,
   }
 }
 
+namespace internal {
+
+void AttendF32Portable(const float* q, int32_t n_q, int32_t hd,
+                       const float* k, const float* v, size_t kv_stride,
+                       int32_t n_keys, float scale, float* scores, float* out) {
+  for (int32_t g = 0; g < n_q; ++g) {
+    const float* qg = q + static_cast<size_t>(g) * hd;
+    float max_score = -INFINITY;
+    for (int32_t p = 0; p < n_keys; ++p) {
+      const float* kp = k + p * kv_stride;
+      float s = 0.0f;
+      for (int32_t i = 0; i < hd; ++i) s += kp[i] * qg[i];
+      scores[p] = s * scale;
+      max_score = scores[p] > max_score ? scores[p] : max_score;
+    }
+    double sum = 0.0;
+    for (int32_t p = 0; p < n_keys; ++p) {
+      scores[p] = std::exp(scores[p] - max_score);
+      sum += scores[p];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    float* og = out + static_cast<size_t>(g) * hd;
+    for (int32_t i = 0; i < hd; ++i) og[i] = 0.0f;
+    for (int32_t p = 0; p < n_keys; ++p) {
+      const float a = scores[p] * inv;
+      const float* vp = v + p * kv_stride;
+      for (int32_t i = 0; i < hd; ++i) og[i] += a * vp[i];
+    }
+  }
+}
+
+}  // namespace internal
+
 }  // namespace flashd::kernels
