@@ -1,0 +1,73 @@
+// Reading a .flash file: validates the header and manifest, exposes the
+// layout, builds the tokenizer from the embedded metadata, and verifies
+// checksums of what the engine reads.
+#ifndef FLASHD_COMMON_FLASH_FLASH_FILE_H_
+#define FLASHD_COMMON_FLASH_FLASH_FILE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/flash/flash_format.h"
+#include "common/tokenizer/tokenizer.h"
+
+namespace flashd::flash {
+
+// 64-bit identity of a model file (GGUF or llama2.c): a hash of its size,
+// its first 1 MiB and 64 KiB at 16 evenly spaced offsets, so two files
+// that differ only in weights (e.g. make-model seeds) differ. Errors: the
+// file cannot be opened or read.
+absl::StatusOr<uint64_t> SourceIdentity(const std::string& model_path);
+
+class FlashFile {
+ public:
+  // Reads and validates the header and manifest (not the weights; those
+  // are read by the engine through its own RandomAccessFile). Errors name
+  // the path and what is wrong: not a flash file (magic), a layout version
+  // other than kLayoutVersion ("layout version N; this flashd reads M;
+  // re-run flashd convert"), a truncated file, a manifest whose checksum
+  // or extents do not hold (every extent inside the file, aligned, of the
+  // size its type and shape imply), unsupported types.
+  static absl::StatusOr<std::unique_ptr<FlashFile>> Open(
+      const std::string& path);
+
+  const std::string& path() const { return path_; }
+  uint64_t file_size() const { return file_size_; }
+  const FlashLayout& layout() const { return layout_; }
+
+  // The tokenizer stored in the file's metadata.
+  absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer() const;
+
+  // FAILED_PRECONDITION unless this file was converted from the model file
+  // at `model_path` ("... was converted from a different model file; re-run
+  // flashd convert").
+  absl::Status CheckSource(const std::string& model_path) const;
+
+  // The per-bundle CRC32C table of `layer` (n_ff entries), loaded by Open.
+  const std::vector<uint32_t>& bundle_crcs(int32_t layer) const {
+    return bundle_crcs_[layer];
+  }
+  // DATA_LOSS naming layer, neuron, file offset, expected and found CRC
+  // when `bytes` (one bundle) does not match.
+  absl::Status VerifyBundle(int32_t layer, int32_t neuron,
+                            const uint8_t* bytes) const;
+  // DATA_LOSS naming `what`, the extent's offset, expected and found CRC
+  // when `bytes` (extent.bytes long) does not match.
+  static absl::Status VerifyExtent(const Extent& extent, const uint8_t* bytes,
+                                   const std::string& what);
+
+ private:
+  FlashFile() = default;
+  std::string path_;
+  uint64_t file_size_ = 0;
+  FlashLayout layout_;
+  std::vector<uint8_t> metadata_;  // embedded GGUF (vocabulary, KV pairs)
+  std::vector<std::vector<uint32_t>> bundle_crcs_;
+};
+
+}  // namespace flashd::flash
+
+#endif  // FLASHD_COMMON_FLASH_FLASH_FILE_H_
