@@ -21,6 +21,8 @@ constexpr char kUsage[] =
     "  bench       measure prefill and decode speed\n"
     "  make-model  write a random-weight GGUF model of a preset shape\n"
     "  calibrate-io  measure flash read throughput; write an I/O profile\n"
+    "  convert       write a model in the flash layout (.flash)\n"
+    "  calibrate     record FFN activations; write sparsity thresholds and predictors\n"
     "\n"
     "'flashd <command> --help' lists a command's flags.\n";
 
@@ -38,6 +40,8 @@ int Main(int argc, char** argv) {
   if (cmd == "bench") return BenchCommand(argc, argv);
   if (cmd == "make-model") return MakeModelCommand(argc, argv);
   if (cmd == "calibrate-io") return CalibrateIoCommand(argc, argv);
+  if (cmd == "convert") return ConvertCommand(argc, argv);
+  if (cmd == "calibrate") return CalibrateCommand(argc, argv);
   std::fprintf(stderr, "flashd: unknown command '%s'\n\n%s", cmd.c_str(),
                kUsage);
   return 2;

@@ -23,6 +23,8 @@ int LogitsCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
 int MakeModelCommand(int argc, char** argv);
 int CalibrateIoCommand(int argc, char** argv);
+int ConvertCommand(int argc, char** argv);
+int CalibrateCommand(int argc, char** argv);
 
 // What run/logits/bench share: a loaded model, threads, forward, KV cache.
 struct Engine {
