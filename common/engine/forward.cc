@@ -39,6 +39,7 @@ Forward::Forward(const Model& model, ThreadPool* pool, int32_t n_ctx,
   gate_.resize(b * c.n_ff);
   up_.resize(b * c.n_ff);
   logits_.resize(b * c.n_vocab);
+  keep_.resize(b * c.n_ff);
   for (ActBuffer& a : acts_) a.bytes.resize(b * Width(c) * 2 + 64);
   scores_.resize(static_cast<size_t>(pool->size()) * n_ctx *
                  (c.n_head / c.n_head_kv));
@@ -66,7 +67,7 @@ size_t Forward::ScratchBytes() const {
              att_.size() + proj_.size() + gate_.size() + up_.size() +
              logits_.size() + scores_.size() + rope_cos_.size() +
              rope_sin_.size();
-  size_t bytes = f * sizeof(float);
+  size_t bytes = f * sizeof(float) + keep_.size();
   for (const ActBuffer& a : acts_) bytes += a.bytes.size();
   return bytes;
 }
@@ -110,6 +111,7 @@ void Forward::MatMuls(std::initializer_list<MatJob> jobs, int32_t n_tokens) {
     const uint8_t* acts;
     size_t act_stride;
     float* out;
+    size_t out_stride;
     int64_t first_row;  // in the concatenation of all jobs' rows
   };
   Prepared prepared[4];
@@ -122,7 +124,9 @@ void Forward::MatMuls(std::initializer_list<MatJob> jobs, int32_t n_tokens) {
     const uint8_t* acts =
         QuantizeActs(j.in, j.w->cols, n_tokens,
                      kernels::VecDotType(j.w->type), &stride);
-    prepared[n++] = {j.w, acts, stride, j.out, total_rows};
+    prepared[n++] = {j.w, acts, stride, j.out,
+                     j.out_stride ? j.out_stride : static_cast<size_t>(j.w->rows),
+                     total_rows};
     total_rows += j.w->rows;
   }
   pool_->ParallelFor(total_rows, kRowAlign, [&](int64_t begin, int64_t end) {
@@ -133,10 +137,16 @@ void Forward::MatMuls(std::initializer_list<MatJob> jobs, int32_t n_tokens) {
       if (b >= e) continue;
       const int64_t r0 = b - p.first_row;
       kernels::Gemm(p.w->type, p.w->cols, p.w->Row(r0), p.w->row_bytes, e - b,
-                    p.acts, p.act_stride, n_tokens, p.out + r0,
-                    static_cast<size_t>(p.w->rows));
+                    p.acts, p.act_stride, n_tokens, p.out + r0, p.out_stride);
     }
   });
+}
+
+void Forward::OutputRows(const Matrix& w, int64_t first_row,
+                         int32_t n_tokens) {
+  MatMuls({{&w, xb_.data(), logits_.data() + first_row,
+            static_cast<size_t>(config_.n_vocab)}},
+          n_tokens);
 }
 
 void Forward::GateUpSilu(const FfnWeights& ffn, int32_t n_tokens) {
@@ -239,6 +249,30 @@ void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
   });
 }
 
+absl::Status Forward::Ffn(int32_t l, const LayerWeights& w,
+                          int32_t n_tokens) {
+  const uint8_t* keep = nullptr;
+  if (selector_ != nullptr) {
+    selector_->Select(l, xb_.data(), n_tokens, keep_.data());
+    keep = keep_.data();
+  }
+  if (source_ != nullptr && source_->ffn_in_source()) {
+    return source_->RunFfn(l, xb_.data(), n_tokens, keep, proj_.data());
+  }
+  GateUpSilu(w.ffn, n_tokens);
+  if (observer_ != nullptr) {
+    observer_->Observe(l, xb_.data(), gate_.data(), up_.data(), n_tokens);
+  }
+  if (keep != nullptr) {
+    const size_t total = static_cast<size_t>(n_tokens) * config_.n_ff;
+    for (size_t i = 0; i < total; ++i) {
+      if (!keep[i]) gate_[i] = 0.0f;
+    }
+  }
+  MatMuls({{&w.ffn.down, gate_.data(), proj_.data()}}, n_tokens);
+  return absl::OkStatus();
+}
+
 absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
                            bool all_logits) {
   const ModelConfig& c = config_;
@@ -262,13 +296,25 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
   }
 
   const size_t E = c.n_embd, KV = c.kv_dim();
-  for (int32_t t = 0; t < n; ++t) {
-    kernels::ToFloat(model_.tok_embd.type, model_.tok_embd.Row(tokens[t]),
-                     x_.data() + t * E, c.n_embd);
+  if (source_ != nullptr) {
+    absl::Status s = source_->BeginEval(tokens);
+    if (s.ok()) s = source_->Embed(tokens, x_.data());
+    if (!s.ok()) return s;
+  } else {
+    for (int32_t t = 0; t < n; ++t) {
+      kernels::ToFloat(model_.tok_embd.type, model_.tok_embd.Row(tokens[t]),
+                       x_.data() + t * E, c.n_embd);
+    }
   }
 
   for (int32_t l = 0; l < c.n_layer; ++l) {
-    const LayerWeights& w = model_.layers[l];
+    const LayerWeights* wp = &model_.layers[l];
+    if (source_ != nullptr) {
+      absl::StatusOr<const LayerWeights*> acquired = source_->AcquireLayer(l);
+      if (!acquired.ok()) return acquired.status();
+      wp = *acquired;
+    }
+    const LayerWeights& w = *wp;
     // Attention block.
     RmsNorm(x_.data(), w.attn_norm, xb_.data(), n);
     MatMuls({{&w.wq, xb_.data(), q_.data()},
@@ -286,8 +332,9 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
 
     // Feed-forward block (SwiGLU).
     RmsNorm(x_.data(), w.ffn_norm, xb_.data(), n);
-    GateUpSilu(w.ffn, n);
-    MatMuls({{&w.ffn.down, gate_.data(), proj_.data()}}, n);
+    absl::Status ffn = Ffn(l, w, n);
+    if (source_ != nullptr) source_->ReleaseLayer(l);
+    if (!ffn.ok()) return ffn;
     for (size_t i = 0; i < n * E; ++i) x_[i] += proj_[i];
   }
   kv.set_n_past(pos0 + n);
@@ -295,8 +342,19 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
   // Output: final norm and classifier, for every token or the last.
   const int32_t first = all_logits ? 0 : n - 1;
   const int32_t n_out = n - first;
-  RmsNorm(x_.data() + first * E, model_.output_norm, xb_.data(), n_out);
-  MatMuls({{&model_.output, xb_.data(), logits_.data()}}, n_out);
+  if (source_ == nullptr) {
+    RmsNorm(x_.data() + first * E, model_.output_norm, xb_.data(), n_out);
+    MatMuls({{&model_.output, xb_.data(), logits_.data()}}, n_out);
+    return absl::OkStatus();
+  }
+  RmsNorm(x_.data() + first * E, source_->output_norm(), xb_.data(), n_out);
+  for (int32_t chunk = 0; chunk < source_->output_chunks(); ++chunk) {
+    absl::StatusOr<WeightSource::OutputChunk> out =
+        source_->AcquireOutput(chunk);
+    if (!out.ok()) return out.status();
+    OutputRows(*out->matrix, out->first_row, n_out);
+    source_->ReleaseOutput(chunk);
+  }
   return absl::OkStatus();
 }
 

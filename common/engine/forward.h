@@ -12,6 +12,7 @@
 #include "absl/types/span.h"
 #include "common/base/thread_pool.h"
 #include "common/engine/kv_cache.h"
+#include "common/engine/weight_source.h"
 #include "common/model/model.h"
 
 namespace flashd {
@@ -40,6 +41,14 @@ class Forward {
     return logits_.data() + static_cast<size_t>(row) * config_.n_vocab;
   }
 
+  // Optional hooks (see weight_source.h); null to remove. Not owned.
+  // A selector masks FFN neurons per token; an observer sees FFN
+  // activations; a source supplies weights instead of the Model's (then
+  // `model` given to the constructor is used for its config only).
+  void set_selector(NeuronSelector* selector) { selector_ = selector; }
+  void set_observer(FfnObserver* observer) { observer_ = observer; }
+  void set_source(WeightSource* source) { source_ = source; }
+
   const ModelConfig& config() const { return config_; }
   int32_t max_batch() const { return max_batch_; }
   int32_t n_ctx() const { return n_ctx_; }
@@ -52,13 +61,16 @@ class Forward {
   struct MatJob {
     const Matrix* w;
     const float* in;  // [n_tokens][w->cols] floats
-    float* out;       // [n_tokens][w->rows]
+    float* out;       // [n_tokens][out_stride or w->rows]
+    size_t out_stride = 0;  // floats between tokens' outputs; 0: w->rows
   };
   // Runs jobs (all over the same tokens) with rows split across threads.
   void MatMuls(std::initializer_list<MatJob> jobs, int32_t n_tokens);
   // gate and up over the same neurons on each thread, then
   // gate_ = silu(gate_) * up_ for those neurons: one parallel region.
   void GateUpSilu(const FfnWeights& ffn, int32_t n_tokens);
+  // logits_[t][first_row + r] = w.Row(r) . xb_[t] for t < n_tokens.
+  void OutputRows(const Matrix& w, int64_t first_row, int32_t n_tokens);
   // Quantizes `in` rows into the activation buffer for `vec_type`.
   const uint8_t* QuantizeActs(const float* in, int64_t cols, int32_t n_tokens,
                               GgmlType vec_type, size_t* stride);
@@ -70,8 +82,15 @@ class Forward {
   void Attention(const KvCache& kv, int32_t layer, int32_t pos0,
                  int32_t n_tokens);
 
+  // The FFN block of layer `l` on xb_ into proj_, through the source or
+  // the resident matrices, with the selector's mask applied.
+  absl::Status Ffn(int32_t l, const LayerWeights& w, int32_t n_tokens);
+
   const Model& model_;
   const ModelConfig config_;
+  NeuronSelector* selector_ = nullptr;
+  FfnObserver* observer_ = nullptr;
+  WeightSource* source_ = nullptr;
   ThreadPool* pool_;
   const int32_t n_ctx_;
   const int32_t max_batch_;
@@ -87,6 +106,7 @@ class Forward {
   std::vector<float> gate_;   // FFN gate (n_ff)
   std::vector<float> up_;     // FFN up (n_ff)
   std::vector<float> logits_; // (max_batch or 1, n_vocab)
+  std::vector<uint8_t> keep_; // (max_batch, n_ff) selector mask
   // Quantized activations: one buffer per activation format in flight.
   struct ActBuffer {
     const float* src = nullptr;
