@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/flash/flash_format.h"
 #include "common/tokenizer/tokenizer.h"
 
@@ -50,6 +51,12 @@ class FlashFile {
   const std::vector<uint32_t>& bundle_crcs(int32_t layer) const {
     return bundle_crcs_[layer];
   }
+  // CRC32C of each kStreamChunkBytes chunk of `t`'s bytes (the last chunk
+  // may be shorter), loaded and verified by Open, for the two tensors the
+  // streaming modes read in parts: layout().token_embd and layout().output
+  // (matched by extent offset). Empty for any other tensor.
+  absl::Span<const uint32_t> ChunkCrcs(const TensorExtent& t) const;
+
   // DATA_LOSS naming layer, neuron, file offset, expected and found CRC
   // when `bytes` (one bundle) does not match.
   absl::Status VerifyBundle(int32_t layer, int32_t neuron,
@@ -66,6 +73,8 @@ class FlashFile {
   FlashLayout layout_;
   std::vector<uint8_t> metadata_;  // embedded GGUF (vocabulary, KV pairs)
   std::vector<std::vector<uint32_t>> bundle_crcs_;
+  std::vector<uint32_t> token_embd_chunk_crcs_;
+  std::vector<uint32_t> output_chunk_crcs_;  // == token_embd's when tied
 };
 
 }  // namespace flashd::flash

@@ -21,6 +21,11 @@ inline constexpr uint32_t kLayoutVersion = 1;
 // O_DIRECT reads need no realignment at their start.
 inline constexpr size_t kFlashAlign = 4096;
 
+// Tensors the streaming modes read in parts (token_embd, output) carry a
+// CRC32C per chunk of this many bytes of the tensor (FlashFile::ChunkCrcs),
+// so a part is verified by reading the whole chunks around it.
+inline constexpr uint64_t kStreamChunkBytes = uint64_t{64} << 10;
+
 // A byte range of the file with the CRC32C of its bytes.
 struct Extent {
   uint64_t offset = 0;
