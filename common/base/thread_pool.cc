@@ -54,10 +54,11 @@ void ThreadPool::Run(absl::FunctionRef<void(int, int)> fn) {
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   fn(0, n_threads_);
-  // Wait for the workers; yield now and then so a descheduled worker on an
-  // oversubscribed machine gets the core back.
+  // Wait for the workers; yield often so a descheduled worker (or the
+  // flash engine's I/O thread, when every core computes) gets a core back:
+  // with 2 cores, spinning without yielding halved flash-mode decode.
   for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-    if ((spin & 1023) == 1023) {
+    if ((spin & 63) == 63) {
       std::this_thread::yield();
     } else {
       FLASHD_PAUSE();
@@ -85,7 +86,11 @@ void ThreadPool::WorkerLoop(int index) {
   for (;;) {
     uint64_t g = generation_.load(std::memory_order_acquire);
     for (int spin = 0; g == seen && spin < kSpinIterations; ++spin) {
-      FLASHD_PAUSE();
+      if ((spin & 63) == 63) {
+        std::this_thread::yield();  // see Run
+      } else {
+        FLASHD_PAUSE();
+      }
       g = generation_.load(std::memory_order_acquire);
     }
     while (g == seen) {

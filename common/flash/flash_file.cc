@@ -312,4 +312,26 @@ absl::Status FlashFile::VerifyExtent(const Extent& extent, const uint8_t* bytes,
       ") is corrupt: CRC32C expected ", Hex(extent.crc32c), ", found ", Hex(got)));
 }
 
+absl::Status FlashFile::VerifyBundles(int32_t layer, const int32_t* ids,
+                                      const uint8_t* const* bytes,
+                                      int32_t n) const {
+  const std::vector<uint32_t>& want = bundle_crcs_[layer];
+  const size_t bb = layout_.layers[layer].geometry.bundle_bytes();
+  int32_t k = 0;
+  for (; k + 3 <= n; k += 3) {
+    uint32_t got[3];
+    Crc32c3(bytes[k], bytes[k + 1], bytes[k + 2], bb, got);
+    for (int j = 0; j < 3; ++j) {
+      if (got[j] != want[ids[k + j]]) {
+        return VerifyBundle(layer, ids[k + j], bytes[k + j]);
+      }
+    }
+  }
+  for (; k < n; ++k) {
+    absl::Status s = VerifyBundle(layer, ids[k], bytes[k]);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace flashd::flash

@@ -61,6 +61,10 @@ class FlashFile {
   // when `bytes` (one bundle) does not match.
   absl::Status VerifyBundle(int32_t layer, int32_t neuron,
                             const uint8_t* bytes) const;
+  // VerifyBundle for n bundles (neurons ids[k] at bytes[k]), three at a
+  // time; returns the first mismatch in k order.
+  absl::Status VerifyBundles(int32_t layer, const int32_t* ids,
+                             const uint8_t* const* bytes, int32_t n) const;
   // DATA_LOSS naming `what`, the extent's offset, expected and found CRC
   // when `bytes` (extent.bytes long) does not match.
   static absl::Status VerifyExtent(const Extent& extent, const uint8_t* bytes,

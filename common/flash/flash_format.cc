@@ -80,6 +80,33 @@ __attribute__((target("sse4.2"))) uint32_t CrcSse42(uint32_t c,
   return c32;
 }
 
+__attribute__((target("sse4.2"))) void CrcSse42x3(const uint8_t* a,
+                                                 const uint8_t* b,
+                                                 const uint8_t* c, size_t n,
+                                                 uint32_t out[3]) {
+  uint64_t ca = 0xFFFFFFFFu, cb = 0xFFFFFFFFu, cc = 0xFFFFFFFFu;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t wa, wb, wc;
+    std::memcpy(&wa, a + i, 8);
+    std::memcpy(&wb, b + i, 8);
+    std::memcpy(&wc, c + i, 8);
+    ca = _mm_crc32_u64(ca, wa);
+    cb = _mm_crc32_u64(cb, wb);
+    cc = _mm_crc32_u64(cc, wc);
+  }
+  uint32_t ra = static_cast<uint32_t>(ca), rb = static_cast<uint32_t>(cb),
+           rc = static_cast<uint32_t>(cc);
+  for (; i < n; ++i) {
+    ra = _mm_crc32_u8(ra, a[i]);
+    rb = _mm_crc32_u8(rb, b[i]);
+    rc = _mm_crc32_u8(rc, c[i]);
+  }
+  out[0] = ~ra;
+  out[1] = ~rb;
+  out[2] = ~rc;
+}
+
 bool HasSse42() {
   static const bool has = __builtin_cpu_supports("sse4.2");
   return has;
@@ -508,6 +535,20 @@ uint32_t Crc32c(const void* data, size_t n, uint32_t crc) {
   const auto* p = static_cast<const uint8_t*>(data);
   return internal::HasSse42() ? ~internal::CrcSse42(~crc, p, n)
                               : ~internal::CrcSoftware(~crc, p, n);
+}
+
+void Crc32c3(const void* a, const void* b, const void* c, size_t n,
+             uint32_t out[3]) {
+  const auto* pa = static_cast<const uint8_t*>(a);
+  const auto* pb = static_cast<const uint8_t*>(b);
+  const auto* pc = static_cast<const uint8_t*>(c);
+  if (internal::HasSse42()) {
+    internal::CrcSse42x3(pa, pb, pc, n, out);
+    return;
+  }
+  out[0] = Crc32c(pa, n);
+  out[1] = Crc32c(pb, n);
+  out[2] = Crc32c(pc, n);
 }
 
 }  // namespace flashd::flash

@@ -113,6 +113,12 @@ struct FlashLayout {
 // Chain calls by passing the previous result as `crc`.
 uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
 
+// The CRC32C of three buffers of the same length `n` at once (three
+// independent dependency chains keep the CRC unit busy: about three times
+// the throughput of three Crc32c calls).
+void Crc32c3(const void* a, const void* b, const void* c, size_t n,
+             uint32_t out[3]);
+
 }  // namespace flashd::flash
 
 #endif  // FLASHD_COMMON_FLASH_FLASH_FORMAT_H_

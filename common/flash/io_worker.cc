@@ -29,13 +29,17 @@ absl::StatusOr<IoWorker::Ticket> IoWorker::Submit(
   Ticket t;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    Entry& e = EntryOf(next_ticket_);
-    if (e.state != State::kFree) {
+    Entry* free = nullptr;
+    for (Entry& candidate : entries_) {
+      if (candidate.state == State::kFree) free = &candidate;
+    }
+    if (free == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "I/O worker for ", file_->path(), ": ", entries_.size(),
-          " batches outstanding (oldest ticket ", e.ticket,
-          " not waited for); wait before submitting ticket ", next_ticket_));
+          " batches outstanding; wait for one before submitting ticket ",
+          next_ticket_));
     }
+    Entry& e = *free;
     t = next_ticket_++;
     e.ticket = t;
     e.state = State::kQueued;
@@ -48,12 +52,13 @@ absl::StatusOr<IoWorker::Ticket> IoWorker::Submit(
 
 absl::Status IoWorker::Wait(Ticket ticket) {
   std::unique_lock<std::mutex> lock(mu_);
-  Entry& e = EntryOf(ticket);
-  if (ticket == 0 || e.ticket != ticket || e.state == State::kFree) {
+  Entry* found = Find(ticket);
+  if (ticket == 0 || found == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("I/O worker for ", file_->path(), ": ticket ", ticket,
                      " is not outstanding (next ticket ", next_ticket_, ")"));
   }
+  Entry& e = *found;
   done_cv_.wait(lock, [&] { return e.state == State::kDone; });
   absl::Status status = std::move(e.status);
   e.status = absl::OkStatus();
@@ -64,8 +69,8 @@ absl::Status IoWorker::Wait(Ticket ticket) {
 
 bool IoWorker::Ready(Ticket ticket) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const Entry& e = EntryOf(ticket);
-  return e.ticket == ticket && e.state == State::kDone;
+  const Entry* e = const_cast<IoWorker*>(this)->Find(ticket);
+  return e != nullptr && e->state == State::kDone;
 }
 
 int IoWorker::outstanding() const {
@@ -80,14 +85,22 @@ IoWorker::Counters IoWorker::counters() const {
   return counters_;
 }
 
+IoWorker::Entry* IoWorker::Find(Ticket t) {
+  for (Entry& e : entries_) {
+    if (e.state != State::kFree && e.ticket == t) return &e;
+  }
+  return nullptr;
+}
+
 void IoWorker::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     // Queued batches are drained even after stop_ (see the destructor).
     work_cv_.wait(lock, [&] { return stop_ || next_run_ < next_ticket_; });
     if (next_run_ == next_ticket_) break;  // stop_ and nothing queued
-    Entry& e = EntryOf(next_run_);
-    FLASHD_CHECK(e.ticket == next_run_ && e.state == State::kQueued);
+    Entry* found = Find(next_run_);
+    FLASHD_CHECK(found != nullptr && found->state == State::kQueued);
+    Entry& e = *found;
     const absl::Span<io::ReadRequest> reqs = e.reqs;
     lock.unlock();
 

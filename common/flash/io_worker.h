@@ -54,7 +54,7 @@ class IoWorker {
   // Queues `reqs` (caller-owned, including their dst buffers; they must stay
   // valid and untouched until Wait returns for the ticket, the worker
   // writes each request's status). Never blocks: RESOURCE_EXHAUSTED when
-  // max_pending batches are outstanding (wait for the oldest first).
+  // max_pending batches are outstanding (wait for one first; any order).
   absl::StatusOr<Ticket> Submit(absl::Span<io::ReadRequest> reqs);
   // Blocks until the batch has been read and returns its status (the first
   // failed request's, as ReadBatch does); frees its place. INVALID_ARGUMENT
@@ -81,14 +81,14 @@ class IoWorker {
   };
 
   void Run();
-  Entry& EntryOf(Ticket t) { return entries_[t % entries_.size()]; }
-  const Entry& EntryOf(Ticket t) const { return entries_[t % entries_.size()]; }
+  // The outstanding entry of ticket t, or null (caller holds mu_).
+  Entry* Find(Ticket t);
 
   std::unique_ptr<io::RandomAccessFile> file_;
   mutable std::mutex mu_;
   std::condition_variable work_cv_;  // worker waits for batches / stop
   std::condition_variable done_cv_;  // Wait waits for completion
-  std::vector<Entry> entries_;       // ring indexed by ticket % size
+  std::vector<Entry> entries_;       // free or holding one ticket each
   Ticket next_ticket_ = 1;           // ticket of the next Submit
   Ticket next_run_ = 1;              // ticket the worker runs next
   bool stop_ = false;

@@ -47,54 +47,6 @@ int Main(int argc, char** argv) {
   return 2;
 }
 
-void AddEngineFlags(Args& args) {
-  args.Flag("model", "", "model file: GGUF or llama2.c checkpoint (required)")
-      .Flag("tokenizer", "",
-            "tokenizer: GGUF vocabulary or llama2.c tokenizer.bin "
-            "(default: the model's own, or tokenizer.bin beside it)")
-      .Flag("threads", std::to_string(AvailableCores()), "compute threads")
-      .Flag("ctx", "0", "context length in tokens (0: the model's, max 4096)")
-      .Flag("batch", "64", "prompt tokens evaluated per batch")
-      .Flag("kv-type", "auto",
-            "KV cache element type: f16, f32, or auto (f32 for f32 models)");
-}
-
-absl::StatusOr<Engine> OpenEngine(const Args& args) {
-  if (args.Get("model").empty()) {
-    return absl::InvalidArgumentError("--model is required");
-  }
-  absl::StatusOr<int64_t> threads = args.GetInt("threads", 1, 256);
-  if (!threads.ok()) return threads.status();
-  absl::StatusOr<int64_t> ctx = args.GetInt("ctx", 0, 1 << 20);
-  if (!ctx.ok()) return ctx.status();
-  absl::StatusOr<int64_t> batch = args.GetInt("batch", 1, 4096);
-  if (!batch.ok()) return batch.status();
-
-  const std::string kv_flag = args.Get("kv-type");
-  if (kv_flag != "auto" && kv_flag != "f16" && kv_flag != "f32") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--kv-type '", kv_flag, "' is not one of auto, f16, f32"));
-  }
-  LoadOptions options;
-  options.tokenizer_path = args.Get("tokenizer");
-  options.resident = true;
-  absl::StatusOr<LoadedModel> loaded = LoadModel(args.Get("model"), options);
-  if (!loaded.ok()) return loaded.status();
-  Engine e;
-  e.loaded = std::move(*loaded);
-  const ModelConfig& c = e.loaded.model->config;
-  int32_t n_ctx = static_cast<int32_t>(*ctx);
-  if (n_ctx == 0) n_ctx = std::min<int32_t>(c.n_ctx_train, 4096);
-  e.pool = std::make_unique<ThreadPool>(static_cast<int>(*threads));
-  e.forward = std::make_unique<Forward>(*e.loaded.model, e.pool.get(), n_ctx,
-                                        static_cast<int32_t>(*batch));
-  const KvType kv_type = kv_flag == "f16"   ? KvType::kF16
-                         : kv_flag == "f32" ? KvType::kF32
-                                            : DefaultKvType(*e.loaded.model);
-  e.kv = std::make_unique<KvCache>(c, n_ctx, kv_type);
-  return e;
-}
-
 bool ParseOrExit(Args& args, const std::string& command,
                  const std::string& summary, int argc, char** argv,
                  int* exit_code) {

@@ -10,7 +10,11 @@
 #include "common/base/thread_pool.h"
 #include "common/engine/forward.h"
 #include "common/engine/kv_cache.h"
+#include "common/flash/flash_engine.h"
+#include "common/flash/flash_file.h"
+#include "common/io/io_calibration.h"
 #include "common/model/model_loader.h"
+#include "common/sparsity/sparsity_file.h"
 #include "daemon/cli/args.h"
 
 namespace flashd::cli {
@@ -26,15 +30,30 @@ int CalibrateIoCommand(int argc, char** argv);
 int ConvertCommand(int argc, char** argv);
 int CalibrateCommand(int argc, char** argv);
 
-// What run/logits/bench share: a loaded model, threads, forward, KV cache.
+// What run/logits/bench share: a loaded model, threads, forward, KV cache,
+// and for the flash modes the .flash file, its weight source and the
+// sparsity selector. Members are destroyed bottom-up: users before what
+// they use.
 struct Engine {
-  LoadedModel loaded;
+  flash::Mode mode = flash::Mode::kResident;
   std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<flash::FlashFile> flash_file;  // non-resident modes
+  std::unique_ptr<io::IoProfile> io_profile;      // when found / given
+  std::unique_ptr<SparsityProfile> sparsity;      // when sparsity is on
+  std::unique_ptr<NeuronSelector> selector;
+  std::unique_ptr<flash::FlashSource> source;     // non-resident modes
+  LoadedModel loaded;  // resident: the model; else config + tokenizer
   std::unique_ptr<Forward> forward;
   std::unique_ptr<KvCache> kv;
+  uint64_t model_file_bytes = 0;  // what --dram-budget N% refers to
+  uint64_t dram_budget = 0;       // 0: unbounded
+  std::string sparsity_desc;      // "off (dense-exact)" or "keep 0.90 ..."
+  std::string io_profile_path;    // empty when none
 };
 
-// Declares --model, --tokenizer, --threads, --ctx, --batch on `args`.
+// Declares --model, --tokenizer, --threads, --ctx, --batch, --kv-type and
+// the flash flags (--mode, --flash, --dram-budget, --window, --sparsity,
+// --sparsity-file, --io-profile) on `args`.
 void AddEngineFlags(Args& args);
 // Loads the model and builds the engine from those flags.
 absl::StatusOr<Engine> OpenEngine(const Args& args);

@@ -1,0 +1,115 @@
+// The four ways flashd runs a model (--mode), the DRAM budget (--dram-budget)
+// and the weight sources that stream a .flash file for the non-resident
+// modes:
+//  - resident: the whole model in DRAM (the source GGUF, as before);
+//  - naive:    every weight re-read from flash for every token, no overlap
+//              (the LLM-in-a-Flash baseline);
+//  - layer:    layer streaming: one layer in DRAM while the next is read;
+//  - flash:    LLM in a Flash: attention, norms and output resident, FFN
+//              neurons read on demand into per-layer neuron caches.
+#ifndef FLASHD_COMMON_FLASH_FLASH_ENGINE_H_
+#define FLASHD_COMMON_FLASH_FLASH_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/base/thread_pool.h"
+#include "common/engine/weight_source.h"
+#include "common/flash/flash_file.h"
+#include "common/io/io_calibration.h"
+#include "common/io/random_access_file.h"
+
+namespace flashd::flash {
+
+enum class Mode { kResident, kNaive, kLayer, kFlash };
+
+// "resident", "naive", "layer", "flash"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<Mode> ParseMode(const std::string& text);
+const char* ModeName(Mode mode);
+
+// Parses a DRAM budget: bytes ("1073741824"), binary units ("512MiB",
+// "1.5GiB", also "KiB"), or a percentage of `reference_bytes` ("50%").
+// INVALID_ARGUMENT naming the text otherwise.
+absl::StatusOr<uint64_t> ParseBudget(const std::string& text,
+                                     uint64_t reference_bytes);
+
+// How a streaming source is set up.
+struct SourceOptions {
+  Mode mode = Mode::kFlash;  // kNaive, kLayer or kFlash
+  // Bound on all weight memory the source holds (resident tensors, layer
+  // buffers, neuron caches, staging) plus `predictor_bytes`; 0 = no bound
+  // (flash mode then caches every neuron). A budget below the mode's
+  // minimum is refused (RESOURCE_EXHAUSTED naming the minimum).
+  uint64_t dram_budget = 0;
+  // Bytes of the sparsity predictor (held by its owner), counted against
+  // the budget.
+  uint64_t predictor_bytes = 0;
+  // Flash mode: neurons used by any of the last `window` tokens are not
+  // evicted to make room (0: plain least-recently-used).
+  int32_t window = 4;
+  // Reads kept in flight and the largest single read.
+  int queue_depth = 32;
+  size_t max_read_bytes = size_t{256} << 10;
+  // Cost model for coalescing reads (not owned; may be null).
+  const io::IoProfile* profile = nullptr;
+  // Opens the file the source reads (default: UringFile with O_DIRECT,
+  // falling back to buffered reads where the filesystem refuses). Tests
+  // pass fault-injecting files here.
+  std::function<absl::StatusOr<std::unique_ptr<io::RandomAccessFile>>(
+      const std::string& path)>
+      open_file;
+};
+
+// What the source did, since creation.
+struct SourceStats {
+  uint64_t bytes_read = 0;     // from flash, incl. alignment and gap bytes
+  double read_seconds = 0;     // I/O thread time inside reads
+  double wait_seconds = 0;     // compute thread time waiting for reads
+  uint64_t tokens = 0;         // tokens evaluated
+  uint64_t neurons_needed = 0; // flash: neurons the selector kept
+  uint64_t neurons_hit = 0;    // flash: of those, found in the cache
+};
+
+// Where the budget goes (bytes).
+struct MemoryPlan {
+  uint64_t budget = 0;        // 0 = unbounded
+  uint64_t minimum = 0;       // the least this mode can run in
+  uint64_t resident = 0;      // tensors held for the whole run
+  uint64_t buffers = 0;       // layer buffers / staging
+  uint64_t cache = 0;         // neuron cache slots (flash)
+  uint64_t predictor = 0;
+  int64_t cache_slots = 0;    // per layer (flash)
+  uint64_t total() const { return resident + buffers + cache + predictor; }
+  std::string Describe() const;
+};
+
+// A WeightSource over a .flash file, with statistics.
+class FlashSource : public WeightSource {
+ public:
+  virtual const SourceStats& stats() const = 0;
+  virtual const MemoryPlan& plan() const = 0;
+  // Whether reads bypass the page cache (O_DIRECT).
+  virtual bool direct_io() const = 0;
+};
+
+// The smallest budget `mode` can run `file` in, with `predictor_bytes`.
+uint64_t MinimumBudget(const FlashFile& file, Mode mode,
+                       uint64_t predictor_bytes);
+
+// Creates the source for options.mode (not kResident). `file` and `pool`
+// must outlive it. Errors: budget below the minimum, the file cannot be
+// opened, reading or verifying the resident part fails.
+absl::StatusOr<std::unique_ptr<FlashSource>> OpenFlashSource(
+    const FlashFile& file, const SourceOptions& options, ThreadPool* pool,
+    int32_t max_batch);
+
+// A Model holding only `layout`'s config (what Forward needs when a
+// WeightSource supplies the weights).
+std::unique_ptr<Model> ConfigOnlyModel(const FlashLayout& layout);
+
+}  // namespace flashd::flash
+
+#endif  // FLASHD_COMMON_FLASH_FLASH_ENGINE_H_

@@ -1,0 +1,270 @@
+// Opening the engine for run/logits/bench: the resident model or a .flash
+// file with its weight source, the sparsity selector and the DRAM budget.
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/flash/flash_engine.h"
+#include "daemon/cli/commands.h"
+
+namespace flashd::cli {
+namespace {
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+uint64_t FileBytes(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// `path` with its extension (after the last '.' of the file name) replaced.
+std::string ReplaceExtension(const std::string& path, const std::string& ext) {
+  const size_t slash = path.rfind('/');
+  const size_t dot = path.rfind('.');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) {
+    return path + ext;
+  }
+  return path.substr(0, dot) + ext;
+}
+
+absl::StatusOr<std::string> ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Sets up sparsity per --sparsity: "off", "auto" (the calibrated default
+// when a .sparsity file is there, else off), "default", or "keep=F".
+absl::Status OpenSparsity(const Args& args, const std::string& model_path,
+                          uint64_t source_identity, int32_t max_batch,
+                          Engine& e) {
+  const std::string flag = args.Get("sparsity");
+  std::string file = args.Get("sparsity-file");
+  if (file.empty()) file = ReplaceExtension(model_path, ".sparsity");
+  double keep = 1.0;
+  if (flag == "off") {
+    e.sparsity_desc = "off (dense-exact)";
+    return absl::OkStatus();
+  } else if (flag == "auto") {
+    if (!Exists(file)) {
+      e.sparsity_desc = absl::StrCat("off (dense-exact; no ", file,
+                                     ": run flashd calibrate)");
+      return absl::OkStatus();
+    }
+    keep = kDefaultKeep;
+  } else if (flag == "default") {
+    keep = kDefaultKeep;
+  } else if (flag.rfind("keep=", 0) == 0 &&
+             absl::SimpleAtod(flag.substr(5), &keep) && keep > 0 && keep <= 1) {
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--sparsity '", flag,
+        "' is not one of off, auto, default, keep=F (0 < F <= 1)"));
+  }
+  if (keep >= 1.0) {
+    e.sparsity_desc = "off (dense-exact)";
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::unique_ptr<SparsityProfile>> profile =
+      SparsityProfile::Load(file, e.loaded.model->config, source_identity);
+  if (!profile.ok()) return profile.status();
+  e.sparsity = std::move(*profile);
+  absl::StatusOr<std::unique_ptr<NeuronSelector>> selector =
+      e.sparsity->MakeSelector(keep, e.pool.get(), max_batch);
+  if (!selector.ok()) return selector.status();
+  e.selector = std::move(*selector);
+  e.sparsity_desc = absl::StrFormat(
+      "keep %.2f of FFN neurons (predictor %.1f MiB, %s)", keep,
+      e.sparsity->PredictorBytes() / 1048576.0, file);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void AddEngineFlags(Args& args) {
+  args.Flag("model", "",
+            "model file: GGUF, llama2.c checkpoint, or .flash (required)")
+      .Flag("tokenizer", "",
+            "tokenizer: GGUF vocabulary or llama2.c tokenizer.bin "
+            "(default: the model's own, or tokenizer.bin beside it)")
+      .Flag("threads", std::to_string(AvailableCores()), "compute threads")
+      .Flag("ctx", "0", "context length in tokens (0: the model's, max 4096)")
+      .Flag("batch", "64", "prompt tokens evaluated per batch")
+      .Flag("kv-type", "auto",
+            "KV cache element type: f16, f32, or auto (f32 for f32 models)")
+      .Flag("mode", "auto",
+            "resident (all weights in DRAM), naive (re-read every weight per "
+            "token), layer (layer streaming), flash (LLM in a Flash); auto: "
+            "flash for a .flash model, else resident")
+      .Flag("flash", "",
+            "the .flash file of the non-resident modes (default: --model "
+            "itself if it is one, else --model with extension .flash)")
+      .Flag("dram-budget", "0",
+            "bound on weight memory: bytes, KiB/MiB/GiB, or % of the model "
+            "file; 0: unbounded")
+      .Flag("window", "4",
+            "flash mode: neurons used by the last N tokens stay cached")
+      .Flag("sparsity", "auto",
+            "off (dense-exact), default, keep=F, or auto (default when a "
+            ".sparsity file is found, else off)")
+      .Flag("sparsity-file", "",
+            "sparsity profile (default: model with extension .sparsity)")
+      .Flag("io-profile", "",
+            "I/O profile from calibrate-io for the read planner (default: "
+            "<flash file>.ioprofile.json when present)");
+}
+
+absl::StatusOr<Engine> OpenEngine(const Args& args) {
+  const std::string model_path = args.Get("model");
+  if (model_path.empty()) {
+    return absl::InvalidArgumentError("--model is required");
+  }
+  absl::StatusOr<int64_t> threads = args.GetInt("threads", 1, 256);
+  if (!threads.ok()) return threads.status();
+  absl::StatusOr<int64_t> ctx = args.GetInt("ctx", 0, 1 << 20);
+  if (!ctx.ok()) return ctx.status();
+  absl::StatusOr<int64_t> batch = args.GetInt("batch", 1, 4096);
+  if (!batch.ok()) return batch.status();
+  absl::StatusOr<int64_t> window = args.GetInt("window", 0, 1 << 30);
+  if (!window.ok()) return window.status();
+  const std::string kv_flag = args.Get("kv-type");
+  if (kv_flag != "auto" && kv_flag != "f16" && kv_flag != "f32") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-type '", kv_flag, "' is not one of auto, f16, f32"));
+  }
+  const bool model_is_flash = EndsWith(model_path, ".flash");
+  Engine e;
+  if (args.Get("mode") == "auto") {
+    e.mode = model_is_flash ? flash::Mode::kFlash : flash::Mode::kResident;
+  } else {
+    absl::StatusOr<flash::Mode> mode = flash::ParseMode(args.Get("mode"));
+    if (!mode.ok()) return mode.status();
+    e.mode = *mode;
+  }
+  e.pool = std::make_unique<ThreadPool>(static_cast<int>(*threads));
+  e.model_file_bytes = FileBytes(model_path);
+  absl::StatusOr<uint64_t> budget =
+      args.Get("dram-budget") == "0"
+          ? absl::StatusOr<uint64_t>(0)
+          : flash::ParseBudget(args.Get("dram-budget"), e.model_file_bytes);
+  if (!budget.ok()) return budget.status();
+  e.dram_budget = *budget;
+  uint64_t source_identity = 0;
+
+  if (e.mode == flash::Mode::kResident) {
+    if (model_is_flash) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--mode resident needs the source model (GGUF or llama2.c), not "
+          "the converted ", model_path, "; use --mode flash, layer or naive"));
+    }
+    LoadOptions options;
+    options.tokenizer_path = args.Get("tokenizer");
+    options.resident = true;
+    absl::StatusOr<LoadedModel> loaded = LoadModel(model_path, options);
+    if (!loaded.ok()) return loaded.status();
+    e.loaded = std::move(*loaded);
+    if (e.dram_budget != 0 && e.dram_budget < e.loaded.model->WeightBytes()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "--dram-budget ", e.dram_budget, " bytes is below the minimum of "
+          "mode resident: ", e.loaded.model->WeightBytes(),
+          " bytes (every weight); use --mode flash or layer"));
+    }
+    if (args.Get("sparsity") != "off") {
+      absl::StatusOr<uint64_t> id = flash::SourceIdentity(model_path);
+      if (!id.ok()) return id.status();
+      source_identity = *id;
+    }
+  } else {
+    std::string flash_path = args.Get("flash");
+    if (flash_path.empty()) {
+      flash_path = model_is_flash ? model_path
+                                  : ReplaceExtension(model_path, ".flash");
+    }
+    if (!Exists(flash_path)) {
+      return absl::NotFoundError(absl::StrCat(
+          "mode ", flash::ModeName(e.mode), " reads a .flash file and ",
+          flash_path, " does not exist: run flashd convert ", model_path,
+          " --out ", flash_path));
+    }
+    absl::StatusOr<std::unique_ptr<flash::FlashFile>> ff =
+        flash::FlashFile::Open(flash_path);
+    if (!ff.ok()) return ff.status();
+    e.flash_file = std::move(*ff);
+    if (!model_is_flash) {
+      absl::Status s = e.flash_file->CheckSource(model_path);
+      if (!s.ok()) return s;
+    }
+    source_identity = e.flash_file->layout().source_identity;
+    e.loaded.model = flash::ConfigOnlyModel(e.flash_file->layout());
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tok =
+        e.flash_file->MakeTokenizer();
+    if (!tok.ok()) return tok.status();
+    e.loaded.tokenizer = std::move(*tok);
+    std::string io_path = args.Get("io-profile");
+    if (io_path.empty() && Exists(flash_path + ".ioprofile.json")) {
+      io_path = flash_path + ".ioprofile.json";
+    }
+    if (!io_path.empty()) {
+      absl::StatusOr<std::string> json = ReadAll(io_path);
+      if (!json.ok()) return json.status();
+      absl::StatusOr<io::IoProfile> p = io::IoProfileFromJson(*json);
+      if (!p.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(io_path, ": ", p.status().message()));
+      }
+      e.io_profile = std::make_unique<io::IoProfile>(std::move(*p));
+      e.io_profile_path = io_path;
+    }
+  }
+  const ModelConfig& c = e.loaded.model->config;
+  int32_t n_ctx = static_cast<int32_t>(*ctx);
+  if (n_ctx == 0) n_ctx = std::min<int32_t>(c.n_ctx_train, 4096);
+  const int32_t max_batch = static_cast<int32_t>(*batch);
+  absl::Status s = OpenSparsity(args, model_path, source_identity, max_batch, e);
+  if (!s.ok()) return s;
+  if (e.flash_file != nullptr) {
+    flash::SourceOptions so;
+    so.mode = e.mode;
+    so.dram_budget = e.dram_budget;
+    so.predictor_bytes = e.sparsity ? e.sparsity->PredictorBytes() : 0;
+    so.window = static_cast<int32_t>(*window);
+    so.profile = e.io_profile.get();
+    if (e.io_profile != nullptr && e.io_profile->best_read_size > 0) {
+      so.max_read_bytes = e.io_profile->best_read_size;
+      so.queue_depth = e.io_profile->best_queue_depth;
+    }
+    absl::StatusOr<std::unique_ptr<flash::FlashSource>> src =
+        flash::OpenFlashSource(*e.flash_file, so, e.pool.get(), max_batch);
+    if (!src.ok()) return src.status();
+    e.source = std::move(*src);
+  }
+  e.forward = std::make_unique<Forward>(*e.loaded.model, e.pool.get(), n_ctx,
+                                        max_batch);
+  if (e.source != nullptr) e.forward->set_source(e.source.get());
+  if (e.selector != nullptr) e.forward->set_selector(e.selector.get());
+  const KvType kv_type = kv_flag == "f16"   ? KvType::kF16
+                         : kv_flag == "f32" ? KvType::kF32
+                                            : DefaultKvType(*e.loaded.model);
+  e.kv = std::make_unique<KvCache>(c, n_ctx, kv_type);
+  return e;
+}
+
+}  // namespace flashd::cli
