@@ -69,5 +69,36 @@ err="$("$flashd" run --model "$tmp/trunc.gguf" 2>&1)"; code=$?
 "$flashd" 2>/dev/null; [[ $? -eq 2 ]]; check "no command: exit 2" $?
 "$flashd" run --help >/dev/null; check "run --help: exit 0" $?
 
+# Flash engine: convert, then every streaming mode reproduces the golden
+# (1.2 MiB: above flash mode's minimum for this 1.1 MB file, so its neuron
+# caches hold only part of the FFN).
+cp "$shared/models/stories260K.bin" "$tmp/stories.bin"
+"$flashd" convert "$tmp/stories.bin" --tokenizer "$shared/models/tok512.bin" > "$tmp/convert.txt" 2>&1
+check "convert exits 0 and writes stories.flash" $?
+[[ -f "$tmp/stories.flash" && "$(cat "$tmp/convert.txt")" == *"bundle"* ]]; check "convert: default output name, summary" $?
+for mode in naive layer flash; do
+  got="$("$flashd" run --model "$tmp/stories.flash" --mode $mode --dram-budget 1.2MiB \
+    --prompt "$prompt" --temperature 0 --max-tokens 300 --ids --quiet --threads 2 --kv-type f32)"
+  [[ "$got" == "$want" ]]; check "run --mode $mode --ids equals the golden" $?
+done
+got="$("$flashd" run --model "$tmp/stories.bin" --tokenizer "$shared/models/tok512.bin" --mode flash \
+  --prompt "$prompt" --temperature 0 --max-tokens 300 --ids --quiet --threads 2)"
+[[ "$got" == "$want" ]]; check "run --model SRC --mode flash finds SRC.flash" $?
+err="$("$flashd" run --model "$tmp/stories.flash" --mode layer --dram-budget 1KiB --prompt x 2>&1)"; code=$?
+[[ $code -eq 1 && "$err" == *"below the minimum of mode layer"* ]]; check "budget below the minimum: refused, named" $?
+err="$("$flashd" run --model "$tmp/stories.flash" --mode resident --prompt x 2>&1)"; code=$?
+[[ $code -eq 1 && "$err" == *"needs the source model"* ]]; check "resident on a .flash: refused" $?
+"$flashd" bench --model "$tmp/stories.flash" --mode flash --dram-budget 1.2MiB --prompt-tokens 8 --gen-tokens 8 --repeats 1 --json \
+  | python3 -c 'import json,sys; j=json.load(sys.stdin); assert j["mode"]=="flash" and j["dram_budget_bytes"]>0 and j["flash_bytes_per_token"]>=0 and 0<=j["cache_hit_rate"]<=1 and j["peak_rss_bytes"]>0 and "read_mb_s" in j'
+check "bench --mode flash --json: flash fields" $?
+cp "$tmp/stories.flash" "$tmp/bad.flash"
+printf '\x07' | dd of="$tmp/bad.flash" bs=1 seek=20 conv=notrunc 2>/dev/null
+err="$("$flashd" run --model "$tmp/bad.flash" --prompt x 2>&1)"; code=$?
+[[ $code -eq 1 && "$err" == *"bad.flash"* ]]; check "corrupt .flash header: refused" $?
+cp "$shared/models/stories260K.bin" "$tmp/other.bin"
+printf '\x01' | dd of="$tmp/other.bin" bs=1 seek=100000 conv=notrunc 2>/dev/null
+err="$("$flashd" run --model "$tmp/other.bin" --tokenizer "$shared/models/tok512.bin" --mode flash --flash "$tmp/stories.flash" --prompt x 2>&1)"; code=$?
+[[ $code -eq 1 && "$err" == *"different model"* ]]; check ".flash of another model: refused" $?
+
 echo "cli: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]

@@ -251,17 +251,10 @@ class LayerSource final : public FlashSource {
       b->unit = -1;
       return b->read_status;
     }
-    if (!b->verified) {
-      absl::Status s = VerifyUnit(*b);
-      if (!s.ok()) {
-        b->unit = -1;
-        return s;
-      }
-      b->verified = true;
-    }
     in_use_ = b;
     if (n_buf == 2) {
-      // Layer streaming: read the next unit while this one computes.
+      // Layer streaming: read the next unit while this one is verified and
+      // computes (issued before verifying so the device never idles).
       Buffer& other = (b == &bufs_[0]) ? bufs_[1] : bufs_[0];
       const int32_t next = (unit + 1) % static_cast<int32_t>(units_.size());
       if (other.unit != next) {
@@ -269,6 +262,15 @@ class LayerSource final : public FlashSource {
         absl::Status s = StartRead(other, next);
         if (!s.ok()) return s;
       }
+    }
+    if (!b->verified) {
+      absl::Status s = VerifyUnit(*b);
+      if (!s.ok()) {
+        b->unit = -1;
+        in_use_ = nullptr;
+        return s;
+      }
+      b->verified = true;
     }
     return b;
   }
