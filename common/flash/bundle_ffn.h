@@ -31,29 +31,63 @@ struct DownTables {
 // silu(gate_i . x_t) * (up_i . x_t) * down_i. Usage per layer: Begin, then
 // Add for each span (any number, any order, each neuron at most once),
 // then Finish writes out. Gate/up products use the same kernels and
-// quantized activations as the resident engine, so a dense pass differs
-// from it only in the order of float additions in the down product.
-// Preallocates everything; nothing is allocated per call.
+// quantized activations as the resident engine, and the activation
+// silu(g) * u the same float expression, so each neuron's activation is
+// bit-identical to Forward's. The down product is sum_i act_i * down_i in
+// float over the stored (exact) down values, one partial sum per thread:
+// for float down types it differs from the resident engine only in the
+// order of the float additions; for quantized down types the resident
+// engine also quantizes the activations (to Q8_0/Q8_K) before its down
+// dot products, which this class does not, so a dense pass differs from
+// Forward by that quantization error as well. Neurons whose activation is
+// exactly 0 (or that `keep` drops) add nothing and are skipped.
+// Cost (TinyLlama Q8_0 shapes, 2 threads, weights in DRAM): a dense decode
+// pass takes 1.1-1.4x the resident GateUpSilu + down time; a batch of 16
+// about 3x, as its down product is float FMAs where the resident engine
+// uses int8 dot products.
+// Preallocates everything; nothing is allocated per call. Not thread-safe:
+// one owner calls Begin/Add/Finish; Add uses every pool thread itself.
+// Misuse (spans longer than max_span, ids outside [0, n_ff), a geometry
+// that does not match the config, Add outside Begin..Finish) is a bug and
+// fails a FLASHD_CHECK.
 class BundleFfn {
  public:
   // max_span: the largest `count` Add will see.
   BundleFfn(const ModelConfig& config, ThreadPool* pool, int32_t max_batch,
             int32_t max_span);
 
-  // Starts a layer: quantizes xb ([n_tokens][n_embd]) for the geometry's
-  // gate/up types and clears the accumulators. `keep` is null (all
-  // neurons) or [n_tokens][n_ff] bytes as NeuronSelector::Select writes.
+  // Starts a layer: quantizes xb ([n_tokens][n_embd], 1 <= n_tokens <=
+  // max_batch) for the geometry's gate/up types and clears the
+  // accumulators. `keep` is null (all neurons) or [n_tokens][n_ff] bytes as
+  // NeuronSelector::Select writes. `tables` and `keep` are read until
+  // Finish; xb only here.
   void Begin(const BundleGeometry& geometry, const DownTables& tables,
              const float* xb, int32_t n_tokens, const uint8_t* keep);
   // Adds the span's neurons, using every pool thread.
   void Add(const BundleSpan& span);
-  // Writes the sum into out ([n_tokens][n_embd]).
+  // Writes the sum into out ([n_tokens][n_embd]); a neuron no span
+  // brought contributes nothing. Ends the layer.
   void Finish(float* out);
 
   // Bytes of scratch held.
   size_t ScratchBytes() const;
 
  private:
+  // Bundles whose gate/up products one GEMM call computes before their
+  // down columns are added: kChunk for batches, kDecodeChunk for 1 token.
+  static constexpr int kChunk = 64;
+  static constexpr int kDecodeChunk = 8;
+
+  // Adds span bundles [b0, b1) into thread `ti`'s partial sums.
+  void AddRange(const BundleSpan& span, int32_t b0, int32_t b1, int ti);
+  // Adds span bundles [c0, c1) (at most kChunk); `end` bounds prefetching.
+  void AddChunk(const BundleSpan& span, int32_t c0, int32_t c1, int32_t end,
+                int ti);
+  // y += a * the down column of neuron `id` (its bytes at `column`).
+  void AddColumn(float a, const uint8_t* column, int32_t id, float* y) const;
+  // The down column of neuron `id` as n_embd floats (exact).
+  void DequantizeColumn(const uint8_t* column, int32_t id, float* out) const;
+
   const ModelConfig config_;
   ThreadPool* pool_;
   const int32_t max_batch_;
@@ -64,9 +98,9 @@ class BundleFfn {
   int32_t n_tokens_ = 0;
   std::vector<uint8_t> gate_acts_, up_acts_;  // quantized xb
   size_t gate_stride_ = 0, up_stride_ = 0;
-  std::vector<float> gate_, up_;  // [n_tokens][max_span]
-  std::vector<float> partial_;    // [threads][n_tokens][n_embd]
-  std::vector<float> column_;     // [threads][n_embd] dequantized column
+  std::vector<float> gate_, up_;  // [threads][max_batch][kChunk]
+  std::vector<float> partial_;    // [threads][max_batch][n_embd]
+  std::vector<float> columns_;    // [threads][kChunk][n_embd] dequantized
 };
 
 }  // namespace flashd::flash

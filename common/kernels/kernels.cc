@@ -48,6 +48,12 @@ void Overlay(const IsaKernels& over, IsaKernels& base) {
     if (over.from_float[i] != nullptr) base.from_float[i] = over.from_float[i];
     if (over.axpy_row[i] != nullptr) base.axpy_row[i] = over.axpy_row[i];
   }
+  if (over.axpy_i8_scaled != nullptr) {
+    base.axpy_i8_scaled = over.axpy_i8_scaled;
+  }
+  if (over.axpy_block_f32 != nullptr) {
+    base.axpy_block_f32 = over.axpy_block_f32;
+  }
   if (over.dot_f16_f32 != nullptr) base.dot_f16_f32 = over.dot_f16_f32;
   if (over.axpy_f16 != nullptr) base.axpy_f16 = over.axpy_f16;
   if (over.f32_to_f16 != nullptr) base.f32_to_f16 = over.f32_to_f16;
@@ -244,6 +250,17 @@ void AxpyRow(GgmlType type, float a, const void* row, float* y, int64_t n) {
     Unsupported("AxpyRow", type);
   }
   fn(a, row, y, n);
+}
+
+void AxpyI8Scaled(float a, const int8_t* q, const float* scale,
+                  const float* min, float* y, int64_t n) {
+  Active().axpy_i8_scaled(a, q, scale, min, y, n);
+}
+
+void AxpyBlockF32(int64_t k, const float* w, size_t w_stride, const float* a,
+                  size_t a_stride, int64_t nt, float* y, size_t y_stride,
+                  int64_t n) {
+  Active().axpy_block_f32(k, w, w_stride, a, a_stride, nt, y, y_stride, n);
 }
 
 float DotF16F32(const uint16_t* k, const float* q, int64_t n) {

@@ -63,6 +63,26 @@ void GemmReference(GgmlType wtype, int64_t n, const void* w, size_t w_stride,
 // stored as a row, in the neuron-major FFN layout).
 void AxpyRow(GgmlType type, float a, const void* row, float* y, int64_t n);
 
+// y[i] += a * w[i] with w[i] = scale[i] * q[i] - min[i] (w[i] = scale[i] *
+// q[i] when min is null): a neuron's kInt8Scaled down column in the flash
+// layout (common/flash/flash_format.h). w is rounded as written -- the
+// product, then the difference, never fused -- so it equals the value ggml
+// dequantizes the source block to. The SIMD tables fuse the final a * w + y
+// (one rounding fewer than the scalar table's a * w, then + y).
+void AxpyI8Scaled(float a, const int8_t* q, const float* scale,
+                  const float* min, float* y, int64_t n);
+
+// y[t][r] += sum over j < k of a[t][j] * w[j][r], for t < nt and r < n:
+// the down product of k neurons (w: k rows of n floats, w_stride floats
+// apart; a: nt rows of k activations, a_stride floats apart; y: nt rows,
+// y_stride floats apart). Adds in order j = 0, 1, ... with AxpyRow(kF32)'s
+// rounding, so y[t] ends bit for bit as after k calls AxpyRow(kF32,
+// a[t][j], w[j], y[t], n) in j order, with y and w loaded once per register
+// block instead of once per call.
+void AxpyBlockF32(int64_t k, const float* w, size_t w_stride, const float* a,
+                  size_t a_stride, int64_t nt, float* y, size_t y_stride,
+                  int64_t n);
+
 // Attention helpers over an fp16 KV cache.
 // dot(k, q) with k in fp16 and q in f32.
 float DotF16F32(const uint16_t* k, const float* q, int64_t n);

@@ -847,6 +847,114 @@ void AxpyRowQ6_K(float a, const void* row, float* y, int64_t n) {
   }
 }
 
+// The weight scale * q - min of 8 elements, rounded as written: the empty
+// asm hides the product from GCC, which would otherwise contract it into
+// the subtraction (C++ mode contracts by default).
+template <bool kMin>
+inline __m256 I8ScaledWeight(const int8_t* q, const float* scale,
+                             const float* min) {
+  __m256 w = _mm256_mul_ps(_mm256_loadu_ps(scale), I8ToF32(q));
+  if constexpr (kMin) {
+    __asm__("" : "+x"(w));
+    w = _mm256_sub_ps(w, _mm256_loadu_ps(min));
+  }
+  return w;
+}
+
+template <bool kMin>
+void AxpyI8ScaledImpl(float a, const int8_t* q, const float* scale,
+                      const float* min, float* y, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Axpy8(av, I8ScaledWeight<kMin>(q + i, scale + i, kMin ? min + i : nullptr),
+          y + i);
+  }
+  if (i < n) {
+    // The tail through the same vector code, via zero-padded copies.
+    const size_t len = static_cast<size_t>(n - i);
+    alignas(32) int8_t qt[8] = {};
+    alignas(32) float st[8] = {}, mt[8] = {}, yt[8] = {};
+    std::memcpy(qt, q + i, len);
+    std::memcpy(st, scale + i, len * sizeof(float));
+    if (kMin) std::memcpy(mt, min + i, len * sizeof(float));
+    std::memcpy(yt, y + i, len * sizeof(float));
+    Axpy8(av, I8ScaledWeight<kMin>(qt, st, mt), yt);
+    std::memcpy(y + i, yt, len * sizeof(float));
+  }
+}
+
+void AxpyI8Scaled(float a, const int8_t* q, const float* scale,
+                  const float* min, float* y, int64_t n) {
+  if (min != nullptr) {
+    AxpyI8ScaledImpl<true>(a, q, scale, min, y, n);
+  } else {
+    AxpyI8ScaledImpl<false>(a, q, scale, min, y, n);
+  }
+}
+
+// kTokens tokens x 8 outputs of AxpyBlockF32 in registers; `mask` selects
+// the valid outputs of a tail block. (Without the unroll pragmas GCC 12
+// keeps acc[] in memory and stores it on every step.)
+template <int kTokens>
+void AxpyBlockF32Tile(int64_t k, const float* w, size_t w_stride,
+                      const float* a, size_t a_stride, float* y,
+                      size_t y_stride, __m256i mask) {
+  __m256 acc[kTokens];
+#pragma GCC unroll 8
+  for (int t = 0; t < kTokens; ++t) {
+    acc[t] = _mm256_maskload_ps(y + t * y_stride, mask);
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    const __m256 wv = _mm256_maskload_ps(w + j * w_stride, mask);
+#pragma GCC unroll 8
+    for (int t = 0; t < kTokens; ++t) {
+      acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + t * a_stride + j), wv,
+                               acc[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < kTokens; ++t) {
+    _mm256_maskstore_ps(y + t * y_stride, mask, acc[t]);
+  }
+}
+
+void AxpyBlockF32(int64_t k, const float* w, size_t w_stride, const float* a,
+                  size_t a_stride, int64_t nt, float* y, size_t y_stride,
+                  int64_t n) {
+  constexpr int kMaxTokens = 4;
+  // Token tiles innermost: the k weight vectors of an output block stay in
+  // L1 for all tokens.
+  for (int64_t r = 0; r < n; r += 8) {
+    const int left = static_cast<int>(std::min<int64_t>(8, n - r));
+    const __m256i mask = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int64_t t0 = 0; t0 < nt; t0 += kMaxTokens) {
+      const int tn = static_cast<int>(std::min<int64_t>(kMaxTokens, nt - t0));
+      const float* at = a + t0 * a_stride;
+      float* yt = y + t0 * y_stride + r;
+      switch (tn) {
+        case 4:
+          AxpyBlockF32Tile<4>(k, w + r, w_stride, at, a_stride, yt, y_stride,
+                              mask);
+          break;
+        case 3:
+          AxpyBlockF32Tile<3>(k, w + r, w_stride, at, a_stride, yt, y_stride,
+                              mask);
+          break;
+        case 2:
+          AxpyBlockF32Tile<2>(k, w + r, w_stride, at, a_stride, yt, y_stride,
+                              mask);
+          break;
+        default:
+          AxpyBlockF32Tile<1>(k, w + r, w_stride, at, a_stride, yt, y_stride,
+                              mask);
+          break;
+      }
+    }
+  }
+}
+
 constexpr int Id(GgmlType t) { return static_cast<int>(t); }
 
 IsaKernels MakeTable() {
@@ -868,6 +976,8 @@ IsaKernels MakeTable() {
   k.axpy_row[Id(GgmlType::kQ6_K)] = &AxpyRowQ6_K;
   k.axpy_row[Id(GgmlType::kF16)] = &AxpyRowF16;
   k.axpy_row[Id(GgmlType::kF32)] = &AxpyRowF32;
+  k.axpy_i8_scaled = &AxpyI8Scaled;
+  k.axpy_block_f32 = &AxpyBlockF32;
   k.dot_f16_f32 = &DotF16F32;
   k.axpy_f16 = &AxpyF16;
   k.f32_to_f16 = &F32ToF16;

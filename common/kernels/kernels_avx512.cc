@@ -26,6 +26,7 @@
 #include "common/kernels/immintrin_quiet.h"
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -1307,6 +1308,103 @@ void AxpyRowQ6_K(float a, const void* row, float* y, int64_t n) {
   }
 }
 
+// The weight scale * q - min of 16 elements (masked lanes read as zero),
+// rounded as written: the empty asm hides the product from GCC, which would
+// otherwise contract it into the subtraction.
+template <bool kMin>
+inline __m512 I8ScaledWeight(__mmask16 m, const int8_t* q, const float* scale,
+                             const float* min) {
+  const __m512 qf =
+      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, q)));
+  __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scale), qf);
+  if constexpr (kMin) {
+    __asm__("" : "+v"(w));
+    w = _mm512_sub_ps(w, _mm512_maskz_loadu_ps(m, min));
+  }
+  return w;
+}
+
+template <bool kMin>
+void AxpyI8ScaledImpl(float a, const int8_t* q, const float* scale,
+                      const float* min, float* y, int64_t n) {
+  const __m512 av = _mm512_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    Axpy16(av,
+           I8ScaledWeight<kMin>(0xFFFF, q + i, scale + i,
+                                kMin ? min + i : nullptr),
+           y + i);
+  }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 w =
+        I8ScaledWeight<kMin>(m, q + i, scale + i, kMin ? min + i : nullptr);
+    _mm512_mask_storeu_ps(
+        y + i, m, _mm512_fmadd_ps(av, w, _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+void AxpyI8Scaled(float a, const int8_t* q, const float* scale,
+                  const float* min, float* y, int64_t n) {
+  if (min != nullptr) {
+    AxpyI8ScaledImpl<true>(a, q, scale, min, y, n);
+  } else {
+    AxpyI8ScaledImpl<false>(a, q, scale, min, y, n);
+  }
+}
+
+// kTokens tokens x 16 outputs of AxpyBlockF32 in registers; `m` selects
+// the valid outputs of a tail block. (Without the unroll pragmas GCC 12
+// keeps acc[] in memory and stores it on every step.)
+template <int kTokens>
+void AxpyBlockF32Tile(int64_t k, const float* w, size_t w_stride,
+                      const float* a, size_t a_stride, float* y,
+                      size_t y_stride, __mmask16 m) {
+  __m512 acc[kTokens];
+#pragma GCC unroll 8
+  for (int t = 0; t < kTokens; ++t) {
+    acc[t] = _mm512_maskz_loadu_ps(m, y + t * y_stride);
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    const __m512 wv = _mm512_maskz_loadu_ps(m, w + j * w_stride);
+#pragma GCC unroll 8
+    for (int t = 0; t < kTokens; ++t) {
+      acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(a[t * a_stride + j]), wv, acc[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < kTokens; ++t) {
+    _mm512_mask_storeu_ps(y + t * y_stride, m, acc[t]);
+  }
+}
+
+template <int... kTokens>
+constexpr auto MakeAxpyBlockTiles(std::integer_sequence<int, kTokens...>) {
+  using Fn = void (*)(int64_t, const float*, size_t, const float*, size_t,
+                      float*, size_t, __mmask16);
+  return std::array<Fn, sizeof...(kTokens)>{&AxpyBlockF32Tile<kTokens + 1>...};
+}
+
+void AxpyBlockF32(int64_t k, const float* w, size_t w_stride, const float* a,
+                  size_t a_stride, int64_t nt, float* y, size_t y_stride,
+                  int64_t n) {
+  constexpr int kMaxTokens = 8;
+  static constexpr auto kTiles =
+      MakeAxpyBlockTiles(std::make_integer_sequence<int, kMaxTokens>());
+  // Token tiles innermost: the k weight vectors of an output block stay in
+  // L1 for all tokens.
+  for (int64_t r = 0; r < n; r += 16) {
+    const __mmask16 m = n - r >= 16
+                            ? static_cast<__mmask16>(0xFFFF)
+                            : static_cast<__mmask16>((1u << (n - r)) - 1);
+    for (int64_t t0 = 0; t0 < nt; t0 += kMaxTokens) {
+      const int tn = static_cast<int>(std::min<int64_t>(kMaxTokens, nt - t0));
+      kTiles[tn - 1](k, w + r, w_stride, a + t0 * a_stride, a_stride,
+                     y + t0 * y_stride + r, y_stride, m);
+    }
+  }
+}
+
 // Q8_0 / Q4_0: decode streams the weights as they are (Q0Tile); prefill
 // repacks them per call (kernels_avx512_q0.cc).
 void GemmQ8_0(int64_t n, const void* w, size_t w_stride, int64_t nr,
@@ -1356,6 +1454,8 @@ IsaKernels MakeTable() {
   k.axpy_row[Id(GgmlType::kQ6_K)] = &AxpyRowQ6_K;
   k.axpy_row[Id(GgmlType::kF16)] = &AxpyRowF16;
   k.axpy_row[Id(GgmlType::kF32)] = &AxpyRowF32;
+  k.axpy_i8_scaled = &AxpyI8Scaled;
+  k.axpy_block_f32 = &AxpyBlockF32;
   k.dot_f16_f32 = &DotF16F32;
   k.axpy_f16 = &AxpyF16;
   k.f32_to_f16 = &F32ToF16;

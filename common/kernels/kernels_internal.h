@@ -19,6 +19,11 @@ using GemmFn = void (*)(int64_t n, const void* w, size_t w_stride, int64_t nr,
                         size_t out_stride_floats);
 using ConvertFn = void (*)(const float* x, void* y, int64_t n);
 using AxpyRowFn = void (*)(float a, const void* row, float* y, int64_t n);
+using AxpyI8ScaledFn = void (*)(float a, const int8_t* q, const float* scale,
+                                const float* min, float* y, int64_t n);
+using AxpyBlockF32Fn = void (*)(int64_t k, const float* w, size_t w_stride,
+                                const float* a, size_t a_stride, int64_t nt,
+                                float* y, size_t y_stride, int64_t n);
 using DotF16F32Fn = float (*)(const uint16_t* k, const float* q, int64_t n);
 using AxpyF16Fn = void (*)(float a, const uint16_t* v, float* y, int64_t n);
 using F32ToF16Fn = void (*)(const float* x, uint16_t* y, int64_t n);
@@ -31,6 +36,8 @@ struct IsaKernels {
   GemmFn gemm[kMaxTypeId] = {};             // by weight type id
   ConvertFn from_float[kMaxTypeId] = {};    // activation quantizers, by type
   AxpyRowFn axpy_row[kMaxTypeId] = {};      // by row type id
+  AxpyI8ScaledFn axpy_i8_scaled = nullptr;
+  AxpyBlockF32Fn axpy_block_f32 = nullptr;
   DotF16F32Fn dot_f16_f32 = nullptr;
   AxpyF16Fn axpy_f16 = nullptr;
   F32ToF16Fn f32_to_f16 = nullptr;

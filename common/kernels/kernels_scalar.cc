@@ -246,6 +246,38 @@ void AxpyRowQuant(float a, const void* row, float* y, int64_t n) {
   }
 }
 
+// y += a * (scale * q - min): the weight as written, then the axpy. Built
+// without FMA flags, so nothing here is fused.
+void AxpyI8ScaledScalar(float a, const int8_t* q, const float* scale,
+                        const float* min, float* y, int64_t n) {
+  if (min != nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = scale[i] * static_cast<float>(q[i]) - min[i];
+      y[i] += a * w;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = scale[i] * static_cast<float>(q[i]);
+      y[i] += a * w;
+    }
+  }
+}
+
+// Each y element summed over j in order, rounded as AxpyRowF32 rounds.
+void AxpyBlockF32Scalar(int64_t k, const float* w, size_t w_stride,
+                        const float* a, size_t a_stride, int64_t nt, float* y,
+                        size_t y_stride, int64_t n) {
+  for (int64_t t = 0; t < nt; ++t) {
+    float* yt = y + t * y_stride;
+    const float* at = a + t * a_stride;
+    for (int64_t r = 0; r < n; ++r) {
+      float v = yt[r];
+      for (int64_t j = 0; j < k; ++j) v += at[j] * w[j * w_stride + r];
+      yt[r] = v;
+    }
+  }
+}
+
 // ------------------------------------------------------------- attention
 
 float DotF16F32Scalar(const uint16_t* k, const float* q, int64_t n) {
@@ -315,6 +347,9 @@ IsaKernels MakeScalarTable() {
   t.axpy_row[Id(GgmlType::kQ4_K)] = &AxpyRowQuant<GgmlType::kQ4_K>;
   t.axpy_row[Id(GgmlType::kQ6_K)] = &AxpyRowQuant<GgmlType::kQ6_K>;
   t.axpy_row[Id(GgmlType::kQ8_K)] = &AxpyRowQuant<GgmlType::kQ8_K>;
+
+  t.axpy_i8_scaled = &AxpyI8ScaledScalar;
+  t.axpy_block_f32 = &AxpyBlockF32Scalar;
 
   t.dot_f16_f32 = &DotF16F32Scalar;
   t.axpy_f16 = &AxpyF16Scalar;
