@@ -17,22 +17,9 @@
 namespace flashd {
 namespace {
 
+using testing::ReadFileBytes;
+using testing::ReadIds;
 using testing::SharedPath;
-
-std::vector<int32_t> ReadIds(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<int32_t> ids;
-  int32_t id;
-  while (in >> id) ids.push_back(id);
-  return ids;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::vector<kernels::Isa> SupportedIsas() {
   std::vector<kernels::Isa> out = {kernels::Isa::kScalar};
@@ -121,12 +108,12 @@ TEST_P(TlSmallLogits, MatchLlamaCpp) {
   FLASHD_REQUIRE_SHARED(logits_path);
   absl::StatusOr<LoadedModel> lm = LoadModel(model_path);
   ASSERT_TRUE(lm.ok()) << lm.status();
-  const std::string prompt = ReadFile(SharedPath("golden/p1.txt"));
+  const std::string prompt = ReadFileBytes(SharedPath("golden/p1.txt"));
   const std::vector<int32_t> ids = lm->tokenizer->Encode(prompt, true);
   EXPECT_EQ(ids, ReadIds(ids_path));
 
   const int32_t n_vocab = lm->model->config.n_vocab;
-  const std::string raw = ReadFile(logits_path);
+  const std::string raw = ReadFileBytes(logits_path);
   ASSERT_EQ(raw.size(), ids.size() * n_vocab * sizeof(float));
   const float* ref = reinterpret_cast<const float*>(raw.data());
 

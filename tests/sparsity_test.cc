@@ -24,6 +24,7 @@
 #include "common/sparsity/selector.h"
 #include "common/sparsity/sparsity_file.h"
 #include "gtest/gtest.h"
+#include "tests/test_data.h"
 
 namespace flashd {
 namespace {
@@ -31,10 +32,6 @@ namespace {
 constexpr uint64_t kIdentity = 0x1234abcd5678ef01ull;
 constexpr int32_t kBatch = 32;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
 }
@@ -294,7 +291,7 @@ TEST_F(SparsityTest, LoadRefusesWrongModelAndDamagedFiles) {
   ASSERT_NE(p, nullptr);
   const std::string path = ::testing::TempDir() + "/damaged.sparsity";
   ASSERT_TRUE(p->Write(path).ok());
-  const std::string good = ReadFile(path);
+  const std::string good = flashd::testing::ReadFileBytes(path);
   ASSERT_TRUE(SparsityProfile::Load(path, model().config, kIdentity).ok());
 
   absl::StatusOr<std::unique_ptr<SparsityProfile>> r =

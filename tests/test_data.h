@@ -3,7 +3,9 @@
 #define FLASHD_TESTS_TEST_DATA_H_
 
 #include <cstdlib>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace flashd::testing {
 
@@ -13,6 +15,10 @@ std::string SharedDir();
 std::string SharedPath(const std::string& relative);
 // True when the file exists.
 bool Exists(const std::string& path);
+// The file's bytes ("" when it cannot be read).
+std::string ReadFileBytes(const std::string& path);
+// Whitespace-separated integers of a file (token id goldens).
+std::vector<int32_t> ReadIds(const std::string& path);
 
 }  // namespace flashd::testing
 

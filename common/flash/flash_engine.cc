@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "common/flash/flash_source.h"
 #include "common/flash/layer_source.h"
+#include "common/flash/source_util.h"
 
 namespace flashd::flash {
 
@@ -78,6 +79,23 @@ std::string MemoryPlan::Describe() const {
                   : absl::StrFormat("%.1f MiB", mib(budget)),
       mib(resident), mib(buffers), mib(cache), cache_slots, mib(predictor),
       mib(total()));
+}
+
+const SourceStats& FlashSource::stats() const {
+  const IoWorker::Counters c = worker_->counters();
+  stats_.bytes_read = c.bytes_read;
+  stats_.read_seconds = c.busy_seconds;
+  return stats_;
+}
+
+absl::Status FlashSource::StartIo(const SourceOptions& options,
+                                  const std::string& path, int max_pending) {
+  absl::StatusOr<std::unique_ptr<io::RandomAccessFile>> f =
+      OpenForReading(options, path);
+  if (!f.ok()) return f.status();
+  direct_ = (*f)->required_alignment() > 1;
+  worker_ = std::make_unique<IoWorker>(std::move(*f), max_pending);
+  return absl::OkStatus();
 }
 
 uint64_t MinimumBudget(const FlashFile& file, Mode mode,

@@ -19,6 +19,7 @@
 #include "common/base/thread_pool.h"
 #include "common/engine/weight_source.h"
 #include "common/flash/flash_file.h"
+#include "common/flash/io_worker.h"
 #include "common/io/io_calibration.h"
 #include "common/io/random_access_file.h"
 
@@ -86,13 +87,26 @@ struct MemoryPlan {
   std::string Describe() const;
 };
 
-// A WeightSource over a .flash file, with statistics.
+// A WeightSource over a .flash file, with statistics. The modes' sources
+// derive from it; the I/O thread they read through is here.
 class FlashSource : public WeightSource {
  public:
-  virtual const SourceStats& stats() const = 0;
-  virtual const MemoryPlan& plan() const = 0;
+  // Counters since creation (bytes and read time from the I/O thread).
+  const SourceStats& stats() const;
+  const MemoryPlan& plan() const { return plan_; }
   // Whether reads bypass the page cache (O_DIRECT).
-  virtual bool direct_io() const = 0;
+  bool direct_io() const { return direct_; }
+
+ protected:
+  // Opens the file per `options` and starts the I/O thread with room for
+  // `max_pending` batches.
+  absl::Status StartIo(const SourceOptions& options, const std::string& path,
+                       int max_pending);
+
+  std::unique_ptr<IoWorker> worker_;
+  MemoryPlan plan_;
+  mutable SourceStats stats_;
+  bool direct_ = false;
 };
 
 // The smallest budget `mode` can run `file` in, with `predictor_bytes`.

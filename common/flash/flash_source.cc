@@ -124,12 +124,9 @@ class FlashModeSource final : public FlashSource {
     }
     const uint64_t per_layer = cache_bytes / n_layer;
 
-    absl::StatusOr<std::unique_ptr<io::RandomAccessFile>> f =
-        OpenForReading(options_, file_.path());
-    if (!f.ok()) return f.status();
-    direct_ = (*f)->required_alignment() > 1;
-    const size_t alignment = (*f)->required_alignment();
-    worker_ = std::make_unique<IoWorker>(std::move(*f), kStages + 2);
+    absl::Status started = StartIo(options_, file_.path(), kStages + 2);
+    if (!started.ok()) return started;
+    const size_t alignment = worker_->file().required_alignment();
 
     // Resident part: per-layer ranges, then output (and norm).
     uint64_t total = 0;
@@ -298,14 +295,6 @@ class FlashModeSource final : public FlashSource {
   }
   void ReleaseOutput(int32_t) override {}
 
-  const SourceStats& stats() const override {
-    const IoWorker::Counters c = worker_->counters();
-    stats_.bytes_read = c.bytes_read;
-    stats_.read_seconds = c.busy_seconds;
-    return stats_;
-  }
-  const MemoryPlan& plan() const override { return plan_; }
-  bool direct_io() const override { return direct_; }
 
   ~FlashModeSource() override { Drain(); }
 
@@ -355,8 +344,6 @@ class FlashModeSource final : public FlashSource {
   const SourceOptions options_;
   ThreadPool* pool_;
   BundleFfn ffn_;
-  std::unique_ptr<IoWorker> worker_;
-  bool direct_ = false;
   bool embd_from_output_ = false;  // tied and the classifier is resident
   bool stream_output_ = false;     // classifier read in chunks per token
   io::AlignedBuffer out_buf_;
@@ -376,8 +363,6 @@ class FlashModeSource final : public FlashSource {
   Pass* current_ = nullptr;  // the pass of the layer being computed
   uint64_t seq_ = 0;
   int64_t token_ = 0;
-  MemoryPlan plan_;
-  mutable SourceStats stats_;
 };
 
 void FlashModeSource::PlanPass(Pass& pass, int32_t l, int32_t n_tokens,

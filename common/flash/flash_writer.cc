@@ -27,6 +27,7 @@
 #include "common/flash/flash_records.h"
 #include "common/gguf/gguf_file.h"
 #include "common/gguf/gguf_writer.h"
+#include "common/model/llama_keys.h"
 #include "common/model/model_loader.h"
 
 namespace flashd::flash {
@@ -121,18 +122,7 @@ absl::StatusOr<std::string> BuildMetadata(const ConvertOptions& o,
       w.AddValue(key, *(*g)->Find(key));
     }
   } else {
-    w.AddString("general.architecture", "llama");
-    w.AddString("general.name", name);
-    w.AddUint32("llama.context_length", c.n_ctx_train);
-    w.AddUint32("llama.embedding_length", c.n_embd);
-    w.AddUint32("llama.block_count", c.n_layer);
-    w.AddUint32("llama.feed_forward_length", c.n_ff);
-    w.AddUint32("llama.rope.dimension_count", c.n_rot);
-    w.AddUint32("llama.attention.head_count", c.n_head);
-    w.AddUint32("llama.attention.head_count_kv", c.n_head_kv);
-    w.AddFloat32("llama.attention.layer_norm_rms_epsilon", c.rms_eps);
-    w.AddFloat32("llama.rope.freq_base", c.rope_theta);
-    w.AddUint32("general.file_type", 0);  // all f32
+    AddLlamaHyperparameters(w, c, name, /*file_type=*/0);  // all f32
   }
   const Vocab& v = loaded.tokenizer->vocab();
   std::vector<int32_t> types(v.types.size());

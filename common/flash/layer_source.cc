@@ -78,11 +78,8 @@ class LayerSource final : public FlashSource {
   }
 
   absl::Status Init(uint64_t unit_bytes) {
-    absl::StatusOr<std::unique_ptr<io::RandomAccessFile>> f =
-        OpenForReading(options_, file_.path());
-    if (!f.ok()) return f.status();
-    direct_ = (*f)->required_alignment() > 1;
-    worker_ = std::make_unique<IoWorker>(std::move(*f), 4);
+    absl::Status started = StartIo(options_, file_.path(), 4);
+    if (!started.ok()) return started;
     const int n_buf = options_.mode == Mode::kLayer ? 2 : 1;
     for (int b = 0; b < n_buf; ++b) {
       absl::StatusOr<io::AlignedBuffer> buf =
@@ -173,14 +170,6 @@ class LayerSource final : public FlashSource {
     Release(static_cast<int32_t>(layout_.layers.size()) + chunk);
   }
 
-  const SourceStats& stats() const override {
-    const IoWorker::Counters c = worker_->counters();
-    stats_.bytes_read = c.bytes_read;
-    stats_.read_seconds = c.busy_seconds;
-    return stats_;
-  }
-  const MemoryPlan& plan() const override { return plan_; }
-  bool direct_io() const override { return direct_; }
 
   ~LayerSource() override {
     // Outstanding prefetches write into our buffers: finish them first.
@@ -298,10 +287,8 @@ class LayerSource final : public FlashSource {
   std::vector<Unit> units_;
   BundleFfn ffn_;
   std::vector<int32_t> ids_;  // 0..n_ff-1: the dense span's neuron ids
-  std::unique_ptr<IoWorker> worker_;
   Buffer bufs_[2];
   Buffer* in_use_ = nullptr;
-  bool direct_ = false;
   StreamedTensor embd_;
   io::AlignedBuffer norm_buf_;
   const float* output_norm_ = nullptr;
@@ -309,8 +296,6 @@ class LayerSource final : public FlashSource {
   DownTables tables_;
   const uint8_t* bundles_ = nullptr;
   Matrix out_matrix_;
-  MemoryPlan plan_;
-  mutable SourceStats stats_;
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "common/gguf/gguf_file.h"
 #include "common/gguf/gguf_writer.h"
 #include "common/kernels/kernels.h"
+#include "common/model/llama_keys.h"
 
 namespace flashd {
 namespace {
@@ -134,18 +135,8 @@ absl::Status MakeModel(const MakeModelOptions& o) {
   ModelConfig c = *cfg;
 
   GgufWriter w;
-  w.AddString("general.architecture", "llama");
-  w.AddString("general.name", absl::StrCat("flashd-random-", o.preset));
-  w.AddUint32("llama.context_length", c.n_ctx_train);
-  w.AddUint32("llama.embedding_length", c.n_embd);
-  w.AddUint32("llama.block_count", c.n_layer);
-  w.AddUint32("llama.feed_forward_length", c.n_ff);
-  w.AddUint32("llama.rope.dimension_count", c.n_rot);
-  w.AddUint32("llama.attention.head_count", c.n_head);
-  w.AddUint32("llama.attention.head_count_kv", c.n_head_kv);
-  w.AddFloat32("llama.attention.layer_norm_rms_epsilon", c.rms_eps);
-  w.AddFloat32("llama.rope.freq_base", c.rope_theta);
-  w.AddUint32("general.file_type", plan->file_type);
+  AddLlamaHyperparameters(w, c, absl::StrCat("flashd-random-", o.preset),
+                          plan->file_type);
   w.AddUint32("general.quantization_version", 2);
 
   // Vocabulary: from a GGUF, or built in.
