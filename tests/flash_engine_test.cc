@@ -352,6 +352,74 @@ TEST_F(Faults, ConvertedFileOfAnotherModelIsRefused) {
   EXPECT_TRUE(file_->CheckSource(model_).ok());
 }
 
+// Neuron caches in a shared-memory segment survive the engine: a second
+// engine for the same file and budget re-attaches warm, re-verifying every
+// slot (a corrupted one is dropped); another budget discards the segment.
+TEST_F(Faults, CacheSegmentRestartsWarm) {
+  const std::string name = "flashd-test-cache-" + std::to_string(::getpid());
+  const uint64_t budget =
+      MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 4;
+  auto open = [&](uint64_t b) {
+    SourceOptions o;
+    o.mode = Mode::kFlash;
+    o.open_file = BufferedOpener(nullptr);
+    o.dram_budget = b;
+    o.cache_segment = name;
+    return OpenStreamed(flash_, o, 64, 4);
+  };
+  const std::vector<int32_t> ids = {1, 450, 4996, 17354};
+  std::vector<float> cold;
+  {
+    absl::StatusOr<Streamed> s = open(budget);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->source->stats().warm_neurons, 0u);
+    KvCache kv(s->config_model->config, 64);
+    ASSERT_TRUE(EvalPrompt(*s->forward, kv, ids, false, [&](int32_t, const float* row) {
+                  cold.assign(row, row + s->config_model->config.n_vocab);
+                }).ok());
+  }
+  // Corrupt one cached bundle in the segment: its slot must be dropped.
+  {
+    std::fstream seg("/dev/shm/" + name,
+                     std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(seg.good());
+    seg.seekp(4096 * 2 + 100);  // inside layer 0's first slot
+    seg.put('\x5a');
+  }
+  uint64_t warm = 0;
+  {
+    absl::StatusOr<Streamed> s = open(budget);
+    ASSERT_TRUE(s.ok()) << s.status();
+    warm = s->source->stats().warm_neurons;
+    EXPECT_GT(warm, 0u);
+    KvCache kv(s->config_model->config, 64);
+    std::vector<float> again;
+    const int32_t first = ids[0];
+    ASSERT_TRUE(EvalPrompt(*s->forward, kv, {first}, false,
+                           [&](int32_t, const float*) {})
+                    .ok());
+    EXPECT_GT(s->source->stats().neurons_hit, 0u);  // warm from token one
+    KvCache kv2(s->config_model->config, 64);
+    ASSERT_TRUE(EvalPrompt(*s->forward, kv2, ids, false, [&](int32_t, const float* row) {
+                  again.assign(row, row + s->config_model->config.n_vocab);
+                }).ok());
+    EXPECT_EQ(again, cold);
+  }
+  {
+    absl::StatusOr<Streamed> s = open(budget);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_GE(s->source->stats().warm_neurons, warm);
+  }
+  {
+    // Another budget gives other cache sizes: the segment is discarded.
+    absl::StatusOr<Streamed> s =
+        open(MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 16);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->source->stats().warm_neurons, 0u);
+  }
+  std::filesystem::remove("/dev/shm/" + name);
+}
+
 TEST_F(Faults, MemoryPlanStaysWithinTheBudget) {
   for (Mode m : {Mode::kNaive, Mode::kLayer, Mode::kFlash}) {
     for (double fraction : {0.25, 0.5, 1.0}) {

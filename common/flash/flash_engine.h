@@ -56,6 +56,10 @@ struct SourceOptions {
   size_t max_read_bytes = size_t{256} << 10;
   // Cost model for coalescing reads (not owned; may be null).
   const io::IoProfile* profile = nullptr;
+  // Flash mode: a shared-memory segment name (e.g. "flashd-cache") for the
+  // neuron caches; a later engine for the same file and budget re-attaches
+  // and starts warm. Empty: private memory.
+  std::string cache_segment;
   // Opens the file the source reads (default: UringFile with O_DIRECT,
   // falling back to buffered reads where the filesystem refuses). Tests
   // pass fault-injecting files here.
@@ -72,6 +76,7 @@ struct SourceStats {
   uint64_t tokens = 0;         // tokens evaluated
   uint64_t neurons_needed = 0; // flash: neurons the selector kept
   uint64_t neurons_hit = 0;    // flash: of those, found in the cache
+  uint64_t warm_neurons = 0;   // flash: taken back from a cache segment
 };
 
 // Where the budget goes (bytes).

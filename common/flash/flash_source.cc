@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/check.h"
 #include "common/flash/bundle_ffn.h"
+#include "common/flash/cache_segment.h"
 #include "common/flash/io_worker.h"
 #include "common/flash/neuron_cache.h"
 #include "common/flash/read_planner.h"
@@ -195,15 +196,30 @@ class FlashModeSource final : public FlashSource {
       embd_ = std::move(*emb);
     }
 
-    // Neuron caches, planners, staging.
+    // Neuron caches (in a shared-memory segment when asked: a restarted
+    // engine for the same file then starts warm), planners, staging.
+    std::vector<CacheSegment::LayerSpec> specs(n_layer);
+    for (int32_t l = 0; l < n_layer; ++l) {
+      specs[l].bundle_bytes = lay.layers[l].geometry.bundle_bytes();
+      specs[l].capacity = static_cast<int32_t>(
+          std::min<uint64_t>(n_ff, per_layer / specs[l].bundle_bytes));
+    }
+    if (!options_.cache_segment.empty()) {
+      absl::StatusOr<std::unique_ptr<CacheSegment>> seg =
+          CacheSegment::OpenOrCreate(options_.cache_segment, lay.identity,
+                                     n_ff, specs);
+      if (!seg.ok()) return seg.status();
+      segment_ = std::move(*seg);
+    }
     for (int32_t l = 0; l < n_layer; ++l) {
       const LayerLayout& ll = lay.layers[l];
       const size_t bb = ll.geometry.bundle_bytes();
-      const int32_t slots = static_cast<int32_t>(
-          std::min<uint64_t>(n_ff, per_layer / bb));
-      absl::StatusOr<NeuronCache> c = NeuronCache::Create(n_ff, bb, slots);
+      const int32_t slots = specs[l].capacity;
+      absl::StatusOr<NeuronCache> c = NeuronCache::Create(
+          n_ff, bb, slots, segment_ ? segment_->slots(l) : nullptr);
       if (!c.ok()) return c.status();
       layers_[l].cache = std::make_unique<NeuronCache>(std::move(*c));
+      if (segment_ != nullptr && segment_->attached()) Readopt(l);
       plan_.cache += static_cast<uint64_t>(slots) * bb;
       plan_.cache_slots = slots;
       ReadPlannerOptions po;
@@ -229,6 +245,7 @@ class FlashModeSource final : public FlashSource {
     stage_bytes_ = fp.stage;
     scratch_ids_.resize(n_ff);
     bundle_ptrs_.resize(n_ff);
+    persisted_.assign(n_layer, ~uint64_t{0});
     for (Pass& p : passes_) {
       p.misses.resize(n_ff);
       p.plan.Reserve(ReadPlanner::MaxReads(n_ff));
@@ -338,6 +355,9 @@ class FlashModeSource final : public FlashSource {
   absl::Status Consume(Stage& st, bool admit_by_eviction);
   // Waits for every stage in flight and forgets the passes.
   void Drain();
+  // Takes back the neurons an earlier engine left in the segment for layer
+  // l, each only if its bundle still matches the file's CRC.
+  void Readopt(int32_t l);
 
   const FlashFile& file_;
   const FlashLayout& layout_;
@@ -359,6 +379,8 @@ class FlashModeSource final : public FlashSource {
   io::AlignedBuffer scratch_;
   std::vector<int32_t> scratch_ids_;
   std::vector<const uint8_t*> bundle_ptrs_;  // [n_ff] verify scratch
+  std::unique_ptr<CacheSegment> segment_;    // null: private caches
+  std::vector<uint64_t> persisted_;  // per layer: inserts+evictions saved
   Pass passes_[2];
   Pass* current_ = nullptr;  // the pass of the layer being computed
   uint64_t seq_ = 0;
@@ -391,6 +413,26 @@ void FlashModeSource::PlanPass(Pass& pass, int32_t l, int32_t n_tokens,
   stats_.neurons_hit += needed - pass.n_misses;
   layers_[l].planner->Plan(absl::MakeConstSpan(pass.misses.data(), pass.n_misses),
                            &pass.plan);
+}
+
+void FlashModeSource::Readopt(int32_t l) {
+  NeuronCache& cache = *layers_[l].cache;
+  const size_t bb = cache.bundle_bytes();
+  const int32_t used = segment_->used(l);
+  const int32_t* ids = segment_->ids(l);
+  const int32_t n_ff = layout_.config.n_ff;
+  for (int32_t s = 0; s < used && s < cache.capacity(); ++s) {
+    const int32_t id = ids[s];
+    const uint8_t* src = segment_->slots(l) + static_cast<size_t>(s) * bb;
+    if (id < 0 || id >= n_ff || cache.SlotOf(id) >= 0 ||
+        !file_.VerifyBundle(l, id, src).ok()) {
+      continue;  // torn or stale: forget it
+    }
+    uint8_t* dst = cache.Insert(id, 0);
+    if (dst != src) std::memmove(dst, src, bb);
+    ++stats_.warm_neurons;
+  }
+  segment_->Persist(l, cache.ids(), cache.size());
 }
 
 void FlashModeSource::Drain() {
@@ -493,6 +535,13 @@ absl::Status FlashModeSource::RunFfn(int32_t l, const float* xb,
     return status;
   }
   ffn_.Finish(out);
+  if (segment_ != nullptr) {
+    const NeuronCache::Stats& cs = layers_[l].cache->stats();
+    if (cs.inserts + cs.evictions != persisted_[l]) {
+      segment_->Persist(l, layers_[l].cache->ids(), layers_[l].cache->size());
+      persisted_[l] = cs.inserts + cs.evictions;
+    }
+  }
   current_->layer = -1;  // consumed
   current_ = nullptr;
   return absl::OkStatus();

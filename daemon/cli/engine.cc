@@ -127,6 +127,10 @@ void AddEngineFlags(Args& args) {
             ".sparsity file is found, else off)")
       .Flag("sparsity-file", "",
             "sparsity profile (default: model with extension .sparsity)")
+      .Flag("cache-shm", "",
+            "flash mode: keep the neuron caches in this shared-memory "
+            "segment (/dev/shm/NAME) so a later run of the same file and "
+            "budget starts warm; empty: private memory")
       .Flag("io-profile", "",
             "I/O profile from calibrate-io for the read planner (default: "
             "<flash file>.ioprofile.json when present)");
@@ -246,6 +250,7 @@ absl::StatusOr<Engine> OpenEngine(const Args& args) {
     so.dram_budget = e.dram_budget;
     so.predictor_bytes = e.sparsity ? e.sparsity->PredictorBytes() : 0;
     so.window = static_cast<int32_t>(*window);
+    so.cache_segment = args.Get("cache-shm");
     so.profile = e.io_profile.get();
     if (e.io_profile != nullptr && e.io_profile->best_read_size > 0) {
       so.max_read_bytes = e.io_profile->best_read_size;

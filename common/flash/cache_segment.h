@@ -1,0 +1,75 @@
+// The flash engine's neuron caches in a named shared-memory segment, so a
+// restarted daemon for the same .flash file starts warm. The segment is a
+// versioned ABI: a header with magic, layout version, the .flash file's
+// identity and every layer's slot count and bundle size, then per layer its
+// slot array, the neuron id of each slot and the number of slots in use.
+// Anything that does not match (another model, version or budget, a
+// truncated segment) is discarded and recreated; slots are re-verified
+// against the file's bundle CRCs before they are trusted again.
+#ifndef FLASHD_COMMON_FLASH_CACHE_SEGMENT_H_
+#define FLASHD_COMMON_FLASH_CACHE_SEGMENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace flashd::flash {
+
+inline constexpr uint32_t kCacheSegmentVersion = 1;
+
+class CacheSegment {
+ public:
+  struct LayerSpec {
+    int32_t capacity = 0;     // slots
+    uint64_t bundle_bytes = 0;
+  };
+
+  // Attaches to segment `name` (a POSIX shm name without '/', e.g.
+  // "flashd-cache-0123abcd") when it holds caches for `identity` with
+  // exactly these specs; otherwise removes whatever is there and creates
+  // it (mode 0600, zeroed: every layer empty). Errors: the name is invalid,
+  // or shared memory cannot be created or mapped (naming why).
+  static absl::StatusOr<std::unique_ptr<CacheSegment>> OpenOrCreate(
+      const std::string& name, uint64_t identity, int32_t n_ff,
+      const std::vector<LayerSpec>& layers);
+
+  ~CacheSegment();
+  CacheSegment(const CacheSegment&) = delete;
+  CacheSegment& operator=(const CacheSegment&) = delete;
+
+  // Whether OpenOrCreate found a matching segment (a warm start), and why
+  // not otherwise ("created", "another model", ...).
+  bool attached() const { return attached_; }
+  const std::string& how() const { return how_; }
+  const std::string& name() const { return name_; }
+  uint64_t bytes() const { return bytes_; }
+
+  // Layer l's slot memory (capacity × bundle_bytes, 4096-aligned), the
+  // neuron id of each slot, and how many slots hold a neuron.
+  uint8_t* slots(int32_t l);
+  int32_t* ids(int32_t l);
+  int32_t used(int32_t l) const;
+  // Records that slots [0, n) of layer l hold neurons ids[0..n) (copied).
+  void Persist(int32_t l, const int32_t* ids, int32_t n);
+  // Unlinks the segment name (the mapping stays valid until destruction).
+  void Remove();
+
+ private:
+  CacheSegment() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string name_;
+  std::string how_;
+  bool attached_ = false;
+  uint64_t bytes_ = 0;
+  uint8_t* base_ = nullptr;
+  std::vector<uint64_t> slot_offset_, id_offset_, used_offset_;
+};
+
+}  // namespace flashd::flash
+
+#endif  // FLASHD_COMMON_FLASH_CACHE_SEGMENT_H_
