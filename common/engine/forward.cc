@@ -40,6 +40,9 @@ Forward::Forward(const Model& model, ThreadPool* pool, int32_t n_ctx,
   up_.resize(b * c.n_ff);
   logits_.resize(b * c.n_vocab);
   keep_.resize(b * c.n_ff);
+  seq_kv_.resize(b);
+  seq_pos_.resize(b);
+  step_tokens_.resize(b);
   for (ActBuffer& a : acts_) a.bytes.resize(b * Width(c) * 2 + 64);
   scores_.resize(static_cast<size_t>(pool->size()) * n_ctx *
                  (c.n_head / c.n_head_kv));
@@ -213,8 +216,7 @@ void Forward::StoreKv(KvCache& kv, int32_t layer, int32_t pos,
   }
 }
 
-void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
-                        int32_t n_tokens) {
+void Forward::Attention(int32_t layer, int32_t n_tokens) {
   const ModelConfig& c = config_;
   const int32_t hd = c.head_dim;
   const int32_t group = c.n_head / c.n_head_kv;
@@ -229,7 +231,8 @@ void Forward::Attention(const KvCache& kv, int32_t layer, int32_t pos0,
     for (int64_t item = ti; item < items; item += nt) {
       const int32_t t = static_cast<int32_t>(item / c.n_head_kv);
       const int32_t kvh = static_cast<int32_t>(item % c.n_head_kv);
-      const int32_t n_keys = pos0 + t + 1;  // causal
+      const KvCache& kv = *seq_kv_[t];
+      const int32_t n_keys = seq_pos_[t] + 1;  // causal
       const size_t head0 =
           static_cast<size_t>(t) * c.n_embd + static_cast<size_t>(kvh) * group * hd;
       const float* q = q_.data() + head0;
@@ -295,6 +298,57 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
     }
   }
 
+  for (int32_t t = 0; t < n; ++t) {
+    seq_kv_[t] = &kv;
+    seq_pos_[t] = pos0 + t;
+  }
+  absl::Status s = Run(tokens, all_logits ? 0 : n - 1);
+  if (s.ok()) kv.set_n_past(pos0 + n);
+  return s;
+}
+
+absl::Status Forward::EvalSteps(absl::Span<const Step> steps) {
+  const ModelConfig& c = config_;
+  const int32_t n = static_cast<int32_t>(steps.size());
+  if (n <= 0 || n > max_batch_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch of ", n, " steps; must be 1..", max_batch_));
+  }
+  for (int32_t i = 0; i < n; ++i) {
+    KvCache* kv = steps[i].kv;
+    if (kv == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("step ", i, " has no KV cache"));
+    }
+    for (int32_t j = 0; j < i; ++j) {
+      if (steps[j].kv == kv) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "steps ", j, " and ", i, " use the same KV cache"));
+      }
+    }
+    if (kv->n_past() + 1 > std::min(n_ctx_, kv->n_ctx())) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "context full at step ", i, ": ", kv->n_past(), " positions of ",
+          std::min(n_ctx_, kv->n_ctx())));
+    }
+    if (steps[i].token < 0 || steps[i].token >= c.n_vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", steps[i].token, " at step ", i,
+          " is outside the vocabulary [0, ", c.n_vocab, ")"));
+    }
+    seq_kv_[i] = kv;
+    seq_pos_[i] = kv->n_past();
+    step_tokens_[i] = steps[i].token;
+  }
+  absl::Status s = Run(absl::MakeConstSpan(step_tokens_.data(), n), 0);
+  if (s.ok()) {
+    for (int32_t i = 0; i < n; ++i) steps[i].kv->set_n_past(seq_pos_[i] + 1);
+  }
+  return s;
+}
+
+absl::Status Forward::Run(absl::Span<const int32_t> tokens, int32_t first_out) {
+  const ModelConfig& c = config_;
+  const int32_t n = static_cast<int32_t>(tokens.size());
   const size_t E = c.n_embd, KV = c.kv_dim();
   if (source_ != nullptr) {
     absl::Status s = source_->BeginEval(tokens);
@@ -322,11 +376,12 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
              {&w.wv, xb_.data(), v_.data()}},
             n);
     for (int32_t t = 0; t < n; ++t) {
-      Rope(q_.data() + t * E, c.n_head, pos0 + t);
-      Rope(k_.data() + t * KV, c.n_head_kv, pos0 + t);
-      StoreKv(kv, l, pos0 + t, k_.data() + t * KV, v_.data() + t * KV);
+      Rope(q_.data() + t * E, c.n_head, seq_pos_[t]);
+      Rope(k_.data() + t * KV, c.n_head_kv, seq_pos_[t]);
+      StoreKv(*seq_kv_[t], l, seq_pos_[t], k_.data() + t * KV,
+              v_.data() + t * KV);
     }
-    Attention(kv, l, pos0, n);
+    Attention(l, n);
     MatMuls({{&w.wo, att_.data(), proj_.data()}}, n);
     for (size_t i = 0; i < n * E; ++i) x_[i] += proj_[i];
 
@@ -337,10 +392,9 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
     if (!ffn.ok()) return ffn;
     for (size_t i = 0; i < n * E; ++i) x_[i] += proj_[i];
   }
-  kv.set_n_past(pos0 + n);
 
-  // Output: final norm and classifier, for every token or the last.
-  const int32_t first = all_logits ? 0 : n - 1;
+  // Output: final norm and classifier, for tokens [first_out, n).
+  const int32_t first = first_out;
   const int32_t n_out = n - first;
   if (source_ == nullptr) {
     RmsNorm(x_.data() + first * E, model_.output_norm, xb_.data(), n_out);

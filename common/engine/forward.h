@@ -32,8 +32,20 @@ class Forward {
   absl::Status Eval(KvCache& kv, absl::Span<const int32_t> tokens,
                     bool all_logits);
 
+  // One token of one sequence, for EvalSteps.
+  struct Step {
+    KvCache* kv = nullptr;
+    int32_t token = 0;
+  };
+  // Runs one token for each of several sequences in one pass (the weights
+  // are read once for all of them): step i's token goes at position
+  // steps[i].kv->n_past() of its own cache, which then advances by one.
+  // Logits of every step (row i). Each KvCache may appear once. Errors as
+  // Eval, naming the step; on error no cache advances.
+  absl::Status EvalSteps(absl::Span<const Step> steps);
+
   // Logits of the last Eval: row i (n_vocab floats) for token i when
-  // all_logits, else row 0 for the last token.
+  // all_logits, else row 0 for the last token; of EvalSteps: row i.
   const float* logits(int32_t row = 0) const {
     return logits_.data() + static_cast<size_t>(row) * config_.n_vocab;
   }
@@ -79,8 +91,12 @@ class Forward {
   // Writes one position's keys and values in the cache's element type.
   void StoreKv(KvCache& kv, int32_t layer, int32_t pos, const float* k,
                const float* v);
-  void Attention(const KvCache& kv, int32_t layer, int32_t pos0,
-                 int32_t n_tokens);
+  // Attention of token t over its own cache seq_kv_[t] up to position
+  // seq_pos_[t].
+  void Attention(int32_t layer, int32_t n_tokens);
+  // The forward pass over tokens whose caches and positions are in
+  // seq_kv_/seq_pos_; logits of tokens [first_out, n).
+  absl::Status Run(absl::Span<const int32_t> tokens, int32_t first_out);
 
   // The FFN block of layer `l` on xb_ into proj_, through the source or
   // the resident matrices, with the selector's mask applied.
@@ -107,6 +123,9 @@ class Forward {
   std::vector<float> up_;     // FFN up (n_ff)
   std::vector<float> logits_; // (max_batch or 1, n_vocab)
   std::vector<uint8_t> keep_; // (max_batch, n_ff) selector mask
+  std::vector<KvCache*> seq_kv_;   // (max_batch) cache of each token
+  std::vector<int32_t> seq_pos_;   // (max_batch) position of each token
+  std::vector<int32_t> step_tokens_;  // (max_batch) EvalSteps' tokens
   // Quantized activations: one buffer per activation format in flight.
   struct ActBuffer {
     const float* src = nullptr;
