@@ -1,0 +1,126 @@
+// The daemon's end of a session's token ring (see token_ring_layout.h).
+//
+// Who can map a ring ("only the client can map it", precisely): the
+// segment /dev/shm/<name> is created with O_EXCL and mode 0600, then
+// fchown'ed to the client's uid. Open by name then succeeds only for
+// processes running as that uid (every process of that user, not just the
+// requesting one: the user is the trust boundary), and for root or holders
+// of CAP_DAC_OVERRIDE. The daemon itself keeps its mapping and descriptor
+// from creation; it never reopens the name. The group and others get no
+// bits. Giving the file away needs root or CAP_CHOWN (a non-root daemon
+// gets it from AmbientCapabilities=CAP_CHOWN); Remove() takes the file back
+// before unlinking, since /dev/shm's sticky bit lets only the owner unlink.
+//
+// How the daemon learns the uid: from the kernel, never from the request.
+// The server reads SO_PEERCRED (struct ucred) of the accepted Unix-socket
+// connection and passes its uid as `owner`. Even a claimed uid could not
+// leak another user's tokens (the ring would go to the claimed user, not
+// the claimant), but it would let a client plant segments on others.
+//
+// The client owns the file, so it can also truncate it under the daemon;
+// an ShmFaultGuard turns the resulting SIGBUS into a DATA_LOSS status of
+// this ring instead of a dead daemon. Nothing the client writes into the
+// segment is trusted: the writer keeps its own copies of every header
+// field and only reads read_index, which it bounds-checks.
+#ifndef FLASHD_COMMON_SHM_TOKEN_RING_WRITER_H_
+#define FLASHD_COMMON_SHM_TOKEN_RING_WRITER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/shm/shm_fault_guard.h"
+#include "common/shm/shm_segment.h"
+#include "common/shm/token_ring_layout.h"
+
+namespace flashd::shm {
+
+// A fresh, unguessable segment name for `session_id`:
+// "flashd-ring-<pid>-<session hex>-<64 random bits hex>".
+std::string MakeTokenRingName(uint64_t session_id);
+
+// Single producer of one ring. Not thread-safe: one thread (the inference
+// thread) pushes. Destruction finishes the ring (kAbandoned) if Finish()
+// was not called, unlinks the name if Remove() was not called, and unmaps.
+class TokenRingWriter {
+ public:
+  // Creates /dev/shm/<name> (must not exist) for `capacity` records (a
+  // power of two, kMinRingCapacity..kMaxRingCapacity), mode 0600, header
+  // written, state open; gives it to `owner` if that is not our euid.
+  // Errors: INVALID_ARGUMENT (name, capacity), ALREADY_EXISTS (pick another
+  // name), PERMISSION_DENIED (cannot chown: not root, no CAP_CHOWN),
+  // RESOURCE_EXHAUSTED (/dev/shm full, too many rings). On error nothing
+  // is left under /dev/shm.
+  static absl::StatusOr<std::unique_ptr<TokenRingWriter>> Create(
+      const std::string& name, uint32_t capacity, uint64_t session_id,
+      uid_t owner);
+
+  ~TokenRingWriter();
+  TokenRingWriter(const TokenRingWriter&) = delete;
+  TokenRingWriter& operator=(const TokenRingWriter&) = delete;
+
+  // Appends one token (its text split over RecordsForText(text.size())
+  // records) and wakes the consumer. Never blocks. All or nothing:
+  //   RESOURCE_EXHAUSTED  not enough free records now (the consumer is
+  //                       behind); nothing written. The caller decides:
+  //                       retry later (keep the token) or drop the session.
+  //   INVALID_ARGUMENT    the text needs more records than the capacity.
+  //   FAILED_PRECONDITION after Finish().
+  //   DATA_LOSS           the consumer corrupted read_index or truncated
+  //                       the segment; the ring is dead, end the session.
+  absl::Status Push(int32_t token_id, uint32_t index, absl::string_view text);
+
+  // Records free for Push right now (0 if the ring is broken).
+  uint32_t FreeRecords();
+
+  // Marks the stream finished with `reason` (after every pushed token) and
+  // wakes the consumer. FAILED_PRECONDITION if already finished; DATA_LOSS
+  // if the ring is broken.
+  absl::Status Finish(FinishReason reason);
+
+  // Unlinks the name (the client keeps its mapping; the memory goes when
+  // both sides unmap). Call once the client has attached, or at the end.
+  // Idempotent; errors name the segment and the OS reason.
+  absl::Status Remove();
+
+  // True once a consumer wrote its pid into the header (advisory: written
+  // by the client, so untrusted).
+  bool consumer_attached();
+
+  const std::string& name() const { return segment_->name(); }
+  uint64_t session_id() const { return session_id_; }
+  uint32_t capacity() const { return capacity_; }
+  // Records published so far (the write index).
+  uint64_t write_index() const { return write_index_; }
+  bool finished() const { return finished_; }
+
+ private:
+  TokenRingWriter(std::unique_ptr<ShmSegment> segment, ShmFaultGuard guard,
+                  uint32_t capacity, uint64_t session_id);
+  TokenRingHeader* header() const {
+    return reinterpret_cast<TokenRingHeader*>(segment_->data());
+  }
+  // The broken-ring status if the segment faulted (sticky).
+  absl::Status CheckIntact();
+  void Wake();
+
+  std::unique_ptr<ShmSegment> segment_;
+  ShmFaultGuard guard_;  // declared after segment_: released before unmap
+  TokenRecord* records_;
+  uint32_t capacity_;
+  uint64_t session_id_;
+  uint64_t write_index_ = 0;  // our copy; the shared one is never read back
+  bool finished_ = false;
+  bool removed_ = false;
+  bool chowned_ = false;
+  absl::Status broken_;
+};
+
+}  // namespace flashd::shm
+
+#endif  // FLASHD_COMMON_SHM_TOKEN_RING_WRITER_H_
