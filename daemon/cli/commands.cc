@@ -23,6 +23,7 @@ constexpr char kUsage[] =
     "  calibrate-io  measure flash read throughput; write an I/O profile\n"
     "  convert       write a model in the flash layout (.flash)\n"
     "  calibrate     record FFN activations; write sparsity thresholds and predictors\n"
+    "  serve         run the daemon: serve the model over gRPC until SIGTERM\n"
     "\n"
     "'flashd <command> --help' lists a command's flags.\n";
 
@@ -42,6 +43,7 @@ int Main(int argc, char** argv) {
   if (cmd == "calibrate-io") return CalibrateIoCommand(argc, argv);
   if (cmd == "convert") return ConvertCommand(argc, argv);
   if (cmd == "calibrate") return CalibrateCommand(argc, argv);
+  if (cmd == "serve") return ServeCommand(argc, argv);
   std::fprintf(stderr, "flashd: unknown command '%s'\n\n%s", cmd.c_str(),
                kUsage);
   return 2;

@@ -29,6 +29,8 @@ int MakeModelCommand(int argc, char** argv);
 int CalibrateIoCommand(int argc, char** argv);
 int ConvertCommand(int argc, char** argv);
 int CalibrateCommand(int argc, char** argv);
+// The daemon: gRPC server until SIGTERM (daemon/server).
+int ServeCommand(int argc, char** argv);
 
 // What run/logits/bench share: a loaded model, threads, forward, KV cache,
 // and for the flash modes the .flash file, its weight source and the

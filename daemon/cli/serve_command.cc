@@ -1,0 +1,247 @@
+// flashd serve: the daemon. Opens the engine once, serves it over gRPC on
+// a Unix socket (and TCP when --listen is given) until SIGTERM/SIGINT, then
+// drains. Settings come from flags and an optional --config file of
+// "key = value" lines with the flags' names (flags override the file).
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "daemon/cli/commands.h"
+#include "daemon/server/server.h"
+#include "daemon/server/systemd_notify.h"
+
+namespace flashd::cli {
+namespace {
+
+constexpr char kSummary[] =
+    "Serves the model over gRPC (flashd.v1.Flashd, health, reflection) until\n"
+    "SIGTERM or SIGINT, then lets running generations finish for\n"
+    "--drain-timeout seconds. Sessions are decoded in turns on one inference\n"
+    "thread (one forward pass per session per token; not batched yet).";
+
+void AddServeFlags(Args& args) {
+  args.Flag("config", "",
+            "file of 'key = value' lines named like these flags (# comments); "
+            "flags given here override it")
+      .Flag("socket", "/run/flashd/flashd.sock",
+            "Unix socket to listen on (mode 0660); '' for none")
+      .Flag("listen", "", "also listen on TCP HOST:PORT (default: no TCP)")
+      .Flag("max-sessions", "4", "sessions generating at once")
+      .Flag("max-queue", "16",
+            "requests waiting for a session; beyond: RESOURCE_EXHAUSTED")
+      .Flag("kv-budget", "auto",
+            "bytes for all sessions' KV caches (KiB/MiB/GiB); auto: 4 "
+            "sessions of --ctx positions")
+      .Flag("drain-timeout", "10",
+            "seconds running generations may take to finish after SIGTERM "
+            "before they are cancelled");
+}
+
+// "key = value" lines of `path` as "--key=value" arguments, each checked
+// against the declared flags (errors name the file and line).
+absl::StatusOr<std::vector<std::string>> ReadConfig(const std::string& path,
+                                                    const Args& declared) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open --config ", path));
+  std::vector<std::string> out;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    const std::string where = absl::StrCat(path, ":", n, ": ");
+    std::string text = std::string(absl::StripAsciiWhitespace(line));
+    if (text.empty() || text[0] == '#') continue;
+    const size_t eq = text.find('=');
+    if (eq == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "expected 'key = value', got '", text, "'"));
+    }
+    const std::string key(absl::StripAsciiWhitespace(text.substr(0, eq)));
+    std::string value(absl::StripAsciiWhitespace(text.substr(eq + 1)));
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
+      value = value.substr(1, value.size() - 2);
+    }
+    if (key == "config" || key == "help") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "'", key, "' cannot be set in a config file"));
+    }
+    std::string arg = absl::StrCat("--", key, "=", value);
+    Args probe = declared;
+    char* argv[] = {arg.data()};
+    if (absl::Status s = probe.Parse(1, argv, 0); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, s.message()));
+    }
+    out.push_back(std::move(arg));
+  }
+  return out;
+}
+
+// The --config value in argv, if any.
+std::string FindConfigPath(int argc, char** argv) {
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--config" && i + 1 < argc) return argv[i + 1];
+    if (a.rfind("--config=", 0) == 0) return a.substr(9);
+  }
+  return "";
+}
+
+absl::StatusOr<server::ServerOptions> ServerOptionsFromArgs(
+    const Args& args, const Engine& engine) {
+  server::ServerOptions o;
+  o.socket_path = args.Get("socket");
+  o.listen = args.Get("listen");
+  absl::StatusOr<int64_t> v = args.GetInt("max-sessions", 1, 1024);
+  if (!v.ok()) return v.status();
+  o.scheduler.max_sessions = static_cast<int32_t>(*v);
+  if (v = args.GetInt("max-queue", 0, 1 << 20); !v.ok()) return v.status();
+  o.scheduler.max_queue = static_cast<int32_t>(*v);
+  const uint64_t per_session = KvCache::BytesFor(
+      engine.forward->config(), engine.forward->n_ctx(), engine.kv->type());
+  const std::string kv = args.Get("kv-budget");
+  if (kv == "auto") {
+    o.scheduler.kv_budget = 4 * per_session;
+  } else {
+    absl::StatusOr<uint64_t> b = flash::ParseBudget(kv, 0);
+    if (!b.ok() || kv.back() == '%') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--kv-budget '", kv, "' is not a size: use bytes, KiB/MiB/GiB or auto"));
+    }
+    o.scheduler.kv_budget = *b;
+  }
+  return o;
+}
+
+}  // namespace
+
+int ServeCommand(int argc, char** argv) {
+  // Signals are taken by sigtimedwait below: block them before any thread
+  // (engine pool, gRPC) starts, so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const auto t0 = std::chrono::steady_clock::now();
+
+  Args args;
+  AddEngineFlags(args);
+  AddServeFlags(args);
+  std::vector<std::string> merged = {argv[0], argv[1]};
+  if (const std::string config = FindConfigPath(argc, argv); !config.empty()) {
+    absl::StatusOr<std::vector<std::string>> lines = ReadConfig(config, args);
+    if (!lines.ok()) return Fail("serve", lines.status());
+    merged.insert(merged.end(), lines->begin(), lines->end());
+  }
+  for (int i = 2; i < argc; ++i) merged.push_back(argv[i]);
+  std::vector<char*> merged_argv;
+  for (std::string& a : merged) merged_argv.push_back(a.data());
+  int code = 0;
+  if (!ParseOrExit(args, "serve", kSummary, static_cast<int>(merged_argv.size()),
+                   merged_argv.data(), &code)) {
+    return code;
+  }
+  absl::StatusOr<double> drain = args.GetDouble("drain-timeout");
+  if (!drain.ok()) return Fail("serve", drain.status());
+  if (*drain < 0) {
+    return Fail("serve", absl::InvalidArgumentError("--drain-timeout must be >= 0"));
+  }
+
+  absl::StatusOr<Engine> engine = OpenEngine(args);
+  if (!engine.ok()) return Fail("serve", engine.status());
+  absl::StatusOr<server::ServerOptions> options =
+      ServerOptionsFromArgs(args, *engine);
+  if (!options.ok()) return Fail("serve", options.status());
+
+  const std::string model_path = args.Get("model");
+  server::ServedModel model;
+  model.forward = engine->forward.get();
+  model.tokenizer = engine->loaded.tokenizer.get();
+  model.source = engine->source.get();
+  model.kv_type = engine->kv->type();
+  model.n_ctx = engine->forward->n_ctx();
+  model.name = engine->loaded.model->name;
+  if (model.name.empty()) {  // llama2.c checkpoints have none: the file stem
+    model.name = model_path.substr(model_path.rfind('/') + 1);
+    model.name = model.name.substr(0, model.name.find('.'));
+  }
+  model.path = model_path;
+  model.type = engine->loaded.model->type_name;
+  model.mode = flash::ModeName(engine->mode);
+  model.sparsity = engine->sparsity_desc;
+  model.dram_budget = engine->dram_budget;
+  engine->kv.reset();  // the server gives every session its own
+
+  absl::StatusOr<std::unique_ptr<server::Server>> srv =
+      server::Server::Start(model, *options);
+  if (!srv.ok()) return Fail("serve", srv.status());
+  server::SystemdNotifier notifier;
+  const double ready_ms = std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - t0)
+                              .count();
+  const std::string status = absl::StrFormat(
+      "listening on %s%s; model %s (%s, mode %s), ctx %d, up to %d sessions, "
+      "KV budget %.1f MiB; ready in %.0f ms",
+      (*srv)->address(),
+      options->listen.empty() || options->socket_path.empty()
+          ? ""
+          : absl::StrCat(" and ", options->listen),
+      model.path, model.type, model.mode, model.n_ctx,
+      options->scheduler.max_sessions,
+      options->scheduler.kv_budget / 1048576.0, ready_ms);
+  std::fprintf(stderr, "flashd serve: %s\n", status.c_str());
+  notifier.Ready(status);
+
+  // Wait for a signal; ping the watchdog while the inference thread makes
+  // progress (a thread stuck in one step longer than the timeout is not
+  // pinged for, so systemd restarts the service).
+  const auto tick = notifier.watchdog_enabled()
+                        ? std::chrono::duration_cast<std::chrono::milliseconds>(
+                              notifier.ping_interval())
+                        : std::chrono::milliseconds(1000);
+  int sig = 0;
+  while (sig <= 0) {
+    timespec ts{static_cast<time_t>(tick.count() / 1000),
+                static_cast<long>((tick.count() % 1000) * 1000000)};
+    sig = sigtimedwait(&signals, nullptr, &ts);
+    const double timeout_s =
+        std::chrono::duration<double>(notifier.watchdog_timeout()).count();
+    if (notifier.watchdog_enabled() &&
+        (*srv)->scheduler().SecondsSinceProgress() < timeout_s) {
+      notifier.Watchdog();
+    }
+  }
+  const std::string stopping = absl::StrFormat(
+      "%s: draining (up to %g s)", sig == SIGTERM ? "SIGTERM" : "SIGINT", *drain);
+  std::fprintf(stderr, "flashd serve: %s\n", stopping.c_str());
+  notifier.Stopping(stopping);
+  // Drain on another thread so the watchdog keeps being fed meanwhile.
+  std::atomic<bool> drained{false};
+  std::thread drainer([&] {
+    (*srv)->Shutdown(
+        std::chrono::milliseconds(static_cast<int64_t>(*drain * 1000)));
+    drained = true;
+  });
+  auto last_ping = std::chrono::steady_clock::now();
+  while (!drained) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (notifier.watchdog_enabled() &&
+        std::chrono::steady_clock::now() - last_ping >= tick) {
+      notifier.Watchdog();
+      last_ping = std::chrono::steady_clock::now();
+    }
+  }
+  drainer.join();
+  std::fprintf(stderr, "flashd serve: stopped\n");
+  return 0;
+}
+
+}  // namespace flashd::cli

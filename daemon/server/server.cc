@@ -1,0 +1,181 @@
+#include "daemon/server/server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/errno_status.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace flashd::server {
+namespace {
+
+// mkdir -p with `mode` for the directories it creates.
+absl::Status MakeDirs(const std::string& dir, mode_t mode) {
+  if (dir.empty()) return absl::OkStatus();
+  struct stat st;
+  if (::stat(dir.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, " exists and is not a directory"));
+  }
+  const size_t slash = dir.rfind('/');
+  if (slash != std::string::npos && slash > 0) {
+    if (absl::Status s = MakeDirs(dir.substr(0, slash), mode); !s.ok()) return s;
+  }
+  if (::mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) {
+    return FileErrnoStatus(
+        errno, absl::StrCat("cannot create the socket directory ", dir,
+                            " (create it or pass --socket PATH)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status PrepareSocketPath(const std::string& path) {
+  sockaddr_un addr;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--socket '", path, "' must be 1..", sizeof(addr.sun_path) - 1,
+        " bytes long (a Unix socket path)"));
+  }
+  const size_t slash = path.rfind('/');
+  if (slash != std::string::npos && slash > 0) {
+    if (absl::Status s = MakeDirs(path.substr(0, slash), 0750); !s.ok()) {
+      return s;
+    }
+  }
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return FileErrnoStatus(errno, absl::StrCat("cannot stat ", path));
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " exists and is not a socket; remove it or pass another --socket"));
+  }
+  // A socket file: live (another daemon answers) or stale (left by a
+  // daemon that died).
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return FileErrnoStatus(errno, "socket(AF_UNIX)");
+  std::memset(&addr, 0, sizeof(addr));
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  const int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  const int err = errno;
+  ::close(fd);
+  if (rc == 0) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "another server is listening on ", path,
+        "; stop it or pass another --socket"));
+  }
+  if (err != ECONNREFUSED) {
+    return FileErrnoStatus(err, absl::StrCat("cannot probe socket ", path));
+  }
+  if (::unlink(path.c_str()) != 0) {
+    return FileErrnoStatus(errno,
+                           absl::StrCat("cannot remove stale socket ", path));
+  }
+  return absl::OkStatus();
+}
+
+Server::Server(const ServedModel& model, const ServerOptions& options)
+    : model_(model), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const ServedModel& model, const ServerOptions& options) {
+  if (options.socket_path.empty() && options.listen.empty()) {
+    return absl::InvalidArgumentError(
+        "nothing to listen on: give --socket PATH or --listen HOST:PORT");
+  }
+  if (options.scheduler.kv_budget == 0 || options.scheduler.max_sessions < 1 ||
+      options.scheduler.max_queue < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-budget (", options.scheduler.kv_budget, ") and --max-sessions (",
+        options.scheduler.max_sessions, ") must be > 0, --max-queue (",
+        options.scheduler.max_queue, ") >= 0"));
+  }
+  if (!options.socket_path.empty()) {
+    if (absl::Status s = PrepareSocketPath(options.socket_path); !s.ok()) {
+      return s;
+    }
+  }
+  std::unique_ptr<Server> server(new Server(model, options));
+  server->scheduler_ =
+      std::make_unique<Scheduler>(server->model_, options.scheduler);
+  server->service_ = std::make_unique<FlashdService>(
+      server->model_, server->scheduler_.get(), options.default_max_tokens);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::string where;
+  if (!options.socket_path.empty()) {
+    server->address_ = absl::StrCat("unix:", options.socket_path);
+    builder.AddListeningPort(server->address_, grpc::InsecureServerCredentials());
+    where = server->address_;
+  }
+  int tcp_port = 0;
+  if (!options.listen.empty()) {
+    builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
+                             &tcp_port);
+    if (server->address_.empty()) server->address_ = options.listen;
+    absl::StrAppend(&where, where.empty() ? "" : " and ", options.listen);
+  }
+  builder.RegisterService(server->service_.get());
+  // The socket is created by bind(): no moment with wider permissions.
+  const mode_t old_umask = ::umask(0117);
+  server->server_ = builder.BuildAndStart();
+  ::umask(old_umask);
+  if (server->server_ == nullptr ||
+      (!options.listen.empty() && tcp_port == 0)) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", where, " (see gRPC's message above)"));
+  }
+  if (!options.socket_path.empty() &&
+      ::chmod(options.socket_path.c_str(), 0660) != 0) {
+    return FileErrnoStatus(errno,
+                           absl::StrCat("cannot chmod ", options.socket_path));
+  }
+  grpc::HealthCheckServiceInterface* health =
+      server->server_->GetHealthCheckService();
+  if (health != nullptr) {
+    health->SetServingStatus(true);
+    health->SetServingStatus(v1::Flashd::service_full_name(), true);
+  }
+  server->scheduler_->Start();
+  return server;
+}
+
+Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
+
+void Server::Shutdown(std::chrono::milliseconds drain) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_ != nullptr) {
+    if (grpc::HealthCheckServiceInterface* health =
+            server_->GetHealthCheckService()) {
+      health->Shutdown();  // NOT_SERVING from now on
+    }
+    // Refuses new calls at once; cancels those still running at the
+    // deadline and returns when every reactor is done.
+    server_->Shutdown(std::chrono::system_clock::now() + drain);
+  }
+  if (scheduler_ != nullptr) scheduler_->Stop();
+  if (!options_.socket_path.empty()) {
+    struct stat st;
+    if (::lstat(options_.socket_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      ::unlink(options_.socket_path.c_str());
+    }
+  }
+}
+
+}  // namespace flashd::server

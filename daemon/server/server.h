@@ -1,0 +1,66 @@
+// The flashd gRPC server: the Flashd service, the standard health service
+// (grpc.health.v1.Health) and reflection, listening on a Unix socket (mode
+// 0660) and, when configured, on TCP. Owns the inference Scheduler.
+#ifndef FLASHD_DAEMON_SERVER_SERVER_H_
+#define FLASHD_DAEMON_SERVER_SERVER_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "daemon/server/scheduler.h"
+#include "daemon/server/service.h"
+#include "grpcpp/grpcpp.h"
+
+namespace flashd::server {
+
+struct ServerOptions {
+  // Unix socket path; empty: none. The parent directory is created when
+  // missing; a stale socket file (nobody listening) is replaced.
+  std::string socket_path = "/run/flashd/flashd.sock";
+  // TCP "HOST:PORT" (e.g. "127.0.0.1:50051"); empty: no TCP.
+  std::string listen;
+  SchedulerOptions scheduler;
+  int32_t default_max_tokens = 256;
+};
+
+class Server {
+ public:
+  // Prepares the socket path, starts the inference thread and the gRPC
+  // server. Errors: the socket's directory cannot be created, the path is
+  // taken by another file or a live daemon, or gRPC cannot bind.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const ServedModel& model, const ServerOptions& options);
+  // Shutdown(0) if not done yet.
+  ~Server();
+
+  // Stops accepting calls and reports NOT_SERVING; running generations may
+  // finish until `drain` has passed, then they are cancelled. Then stops
+  // the inference thread and removes the socket file.
+  void Shutdown(std::chrono::milliseconds drain);
+
+  // Where clients connect, e.g. "unix:/run/flashd/flashd.sock".
+  const std::string& address() const { return address_; }
+  Scheduler& scheduler() { return *scheduler_; }
+
+ private:
+  Server(const ServedModel& model, const ServerOptions& options);
+
+  const ServedModel model_;
+  const ServerOptions options_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<FlashdService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  bool shut_down_ = false;
+};
+
+// Makes `path` usable for a Unix socket: creates its directory (0750) when
+// missing and removes a stale socket; refuses a path that is not a socket
+// or on which a server answers, and one longer than sockaddr_un allows.
+absl::Status PrepareSocketPath(const std::string& path);
+
+}  // namespace flashd::server
+
+#endif  // FLASHD_DAEMON_SERVER_SERVER_H_

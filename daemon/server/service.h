@@ -1,0 +1,58 @@
+// The flashd.v1.Flashd service (gRPC callback API). Handlers run on gRPC's
+// threads and only parse, validate and enqueue (Generate) or answer from
+// immutable state (Tokenize, Detokenize, GetModelInfo) and the scheduler's
+// snapshot (GetStats). Proto types stop here: the scheduler sees
+// SessionRequest and SessionEvent.
+#ifndef FLASHD_DAEMON_SERVER_SERVICE_H_
+#define FLASHD_DAEMON_SERVER_SERVICE_H_
+
+#include <chrono>
+
+#include "absl/status/status.h"
+#include "daemon/server/request_parser.h"
+#include "daemon/server/scheduler.h"
+#include "flashd/v1/flashd.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace flashd::server {
+
+// absl::Status -> grpc::Status (same code and message).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class FlashdService final : public v1::Flashd::CallbackService {
+ public:
+  // `model` and `scheduler` must outlive the service.
+  FlashdService(const ServedModel& model, Scheduler* scheduler,
+                int32_t default_max_tokens = 256);
+
+  // Streams Started, one TokenEvent per generated token, then Done. The
+  // reactor's OnCancel/OnDone cancels the session; the inference thread
+  // frees its KV cache before its next step.
+  grpc::ServerWriteReactor<v1::GenerateEvent>* Generate(
+      grpc::CallbackServerContext* context,
+      const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* Detokenize(
+      grpc::CallbackServerContext* context,
+      const v1::DetokenizeRequest* request,
+      v1::DetokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(
+      grpc::CallbackServerContext* context,
+      const v1::GetModelInfoRequest* request,
+      v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
+                                     const v1::GetStatsRequest* request,
+                                     v1::Stats* response) override;
+
+ private:
+  const ServedModel& model_;
+  Scheduler* scheduler_;
+  RequestLimits limits_;
+  const std::chrono::steady_clock::time_point started_;
+};
+
+}  // namespace flashd::server
+
+#endif  // FLASHD_DAEMON_SERVER_SERVICE_H_

@@ -1,0 +1,139 @@
+#include "daemon/server/session.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/types/span.h"
+
+namespace flashd::server {
+namespace {
+
+double Ms(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+}  // namespace
+
+Session::Session(std::string id, SessionRequest request,
+                 std::shared_ptr<EventChannel> channel,
+                 Clock::time_point enqueued)
+    : id_(std::move(id)),
+      request_(std::move(request)),
+      channel_(std::move(channel)),
+      stop_(request_.stop),
+      enqueued_(enqueued) {}
+
+int32_t Session::ContextFor(const SessionRequest& request, int32_t n_ctx) {
+  const int64_t want =
+      static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
+  return static_cast<int32_t>(std::min<int64_t>(want, n_ctx));
+}
+
+void Session::Admit(const ModelConfig& config, int32_t n_ctx, KvType kv_type) {
+  kv_ = std::make_unique<KvCache>(config, ContextFor(request_, n_ctx), kv_type);
+  sampler_.emplace(request_.sampling, config.n_vocab);
+  history_.reserve(request_.prompt.size() + request_.max_tokens);
+  history_ = request_.prompt;
+  prev_ = request_.prompt.back();
+  SessionEvent started;
+  started.kind = SessionEvent::Kind::kStarted;
+  started.session_id = id_;
+  started.prompt_tokens = static_cast<int32_t>(request_.prompt.size());
+  channel_->Push(std::move(started));
+}
+
+void Session::Fail(const absl::Status& status) {
+  SessionEvent e;
+  e.kind = SessionEvent::Kind::kError;
+  e.error = status;
+  channel_->Push(std::move(e));
+}
+
+bool Session::Step(Forward& forward, const Tokenizer& tokenizer,
+                   bool stop_at_bos) {
+  const size_t n_prompt = request_.prompt.size();
+  absl::Span<const int32_t> tokens;
+  if (prompt_done_ < n_prompt) {
+    if (prompt_done_ == 0) started_ = Clock::now();
+    const size_t m = std::min<size_t>(forward.max_batch(), n_prompt - prompt_done_);
+    tokens = absl::MakeConstSpan(request_.prompt.data() + prompt_done_, m);
+  } else {
+    tokens = absl::MakeConstSpan(&history_.back(), 1);
+  }
+  // Forward evaluates one sequence per call: sessions are interleaved
+  // token by token, not batched into one pass.
+  absl::Status s = forward.Eval(*kv_, tokens, /*all_logits=*/false);
+  if (!s.ok()) {
+    Fail(s);
+    return true;
+  }
+  if (prompt_done_ < n_prompt) {
+    prompt_done_ += tokens.size();
+    if (prompt_done_ < n_prompt) return false;
+    prefilled_ = Clock::now();
+  }
+  return SampleAndSend(forward, tokenizer, stop_at_bos);
+}
+
+bool Session::SampleAndSend(Forward& forward, const Tokenizer& tokenizer,
+                            bool stop_at_bos) {
+  const int32_t next = sampler_->Sample(forward.mutable_logits(0), history_);
+  history_.push_back(next);
+  const int32_t index = generated_++;
+  if (index == 0) first_token_ = Clock::now();
+  const bool eos = next == tokenizer.eos_id() ||
+                   (stop_at_bos && next == tokenizer.bos_id());
+  bool stopped = false;
+  std::string text;
+  if (!eos) text = stop_.Push(utf8_.Push(tokenizer.TokenBytes(prev_, next)), &stopped);
+  prev_ = next;
+
+  std::optional<FinishReason> reason;
+  if (eos) {
+    reason = FinishReason::kEos;
+  } else if (stopped) {
+    reason = FinishReason::kStopString;
+  } else if (generated_ >= request_.max_tokens) {
+    reason = FinishReason::kMaxTokens;
+  } else if (kv_->n_past() >= kv_->n_ctx()) {
+    reason = FinishReason::kContextFull;  // no room to evaluate `next`
+  }
+  if (reason.has_value() && !stopped) {
+    // The last token carries whatever text was still held back.
+    bool tail_stopped = false;
+    text += stop_.Push(utf8_.Flush(), &tail_stopped);
+    if (tail_stopped) {
+      reason = FinishReason::kStopString;
+    } else {
+      text += stop_.Flush();
+    }
+  }
+  // The token that ends the generation (EOS, or the one completing a stop
+  // string) is sent too, so ids match `flashd run --ids`.
+  SessionEvent token;
+  token.kind = SessionEvent::Kind::kToken;
+  token.token_id = next;
+  token.index = index;
+  token.text = std::move(text);
+  channel_->Push(std::move(token));
+  if (!reason.has_value()) return false;
+  SendDone(*reason);
+  return true;
+}
+
+void Session::SendDone(FinishReason reason) {
+  const Clock::time_point now = Clock::now();
+  SessionEvent done;
+  done.kind = SessionEvent::Kind::kDone;
+  done.reason = reason;
+  SessionTimings& t = done.timings;
+  t.queue_ms = Ms(enqueued_, started_);
+  t.prefill_ms = Ms(started_, prefilled_);
+  t.time_to_first_token_ms = Ms(enqueued_, first_token_);
+  t.decode_ms = Ms(first_token_, now);
+  t.prompt_tokens = static_cast<int32_t>(request_.prompt.size());
+  t.generated_tokens = generated_;
+  channel_->Push(std::move(done));
+}
+
+}  // namespace flashd::server

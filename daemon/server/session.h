@@ -1,0 +1,88 @@
+// One generation request on the inference thread: its own KV cache,
+// sampler, UTF-8 and stop-string state, and the channel its events go to.
+// Only the inference thread touches a Session after it is enqueued.
+#ifndef FLASHD_DAEMON_SERVER_SESSION_H_
+#define FLASHD_DAEMON_SERVER_SESSION_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/engine/forward.h"
+#include "common/engine/kv_cache.h"
+#include "common/engine/sampler.h"
+#include "common/tokenizer/tokenizer.h"
+#include "daemon/server/event_channel.h"
+#include "daemon/server/stop_matcher.h"
+
+namespace flashd::server {
+
+// A validated request in native types (the service layer builds it).
+struct SessionRequest {
+  std::vector<int32_t> prompt;  // non-empty, every id in the vocabulary
+  SamplingParams sampling;      // validated
+  int32_t max_tokens = 256;     // > 0
+  std::vector<std::string> stop;  // non-empty strings
+};
+
+using Clock = std::chrono::steady_clock;
+
+class Session {
+ public:
+  Session(std::string id, SessionRequest request,
+          std::shared_ptr<EventChannel> channel, Clock::time_point enqueued);
+
+  // KV positions this request can use: prompt + max_tokens, at most n_ctx.
+  static int32_t ContextFor(const SessionRequest& request, int32_t n_ctx);
+
+  // At admission, on the inference thread: allocates the KV cache of
+  // ContextFor(n_ctx) positions and sends Started.
+  void Admit(const ModelConfig& config, int32_t n_ctx, KvType kv_type);
+
+  // One step: evaluates the next prompt chunk (at most forward.max_batch()
+  // tokens) or the last sampled token; once the prompt is evaluated, samples
+  // one token and sends it. Returns true when the session has ended (Done
+  // or an error was sent). `stop_at_bos`: BOS also ends the generation
+  // (llama2.c models end stories with it).
+  bool Step(Forward& forward, const Tokenizer& tokenizer, bool stop_at_bos);
+
+  // The client went away or cancelled: the caller should free the session.
+  bool cancelled() const { return channel_->cancelled(); }
+  // Sends an error as the stream's final status (e.g. on shutdown).
+  void Fail(const absl::Status& status);
+
+  const std::string& id() const { return id_; }
+  int32_t generated() const { return generated_; }
+  const SessionRequest& request() const { return request_; }
+
+ private:
+  // Samples after the prompt or a decoded token and sends the token (and
+  // Done when it is the last). Returns true when the session ended.
+  bool SampleAndSend(Forward& forward, const Tokenizer& tokenizer,
+                     bool stop_at_bos);
+  void SendDone(FinishReason reason);
+
+  const std::string id_;
+  const SessionRequest request_;
+  std::shared_ptr<EventChannel> channel_;
+  std::unique_ptr<KvCache> kv_;
+  std::optional<Sampler> sampler_;
+  std::vector<int32_t> history_;  // prompt + generated
+  Utf8Streamer utf8_;
+  StopMatcher stop_;
+  size_t prompt_done_ = 0;  // prompt tokens evaluated
+  int32_t prev_ = 0;        // last token (for TokenBytes' leading space)
+  int32_t generated_ = 0;
+
+  Clock::time_point enqueued_;
+  Clock::time_point started_;  // first forward pass
+  Clock::time_point prefilled_;
+  Clock::time_point first_token_;
+};
+
+}  // namespace flashd::server
+
+#endif  // FLASHD_DAEMON_SERVER_SESSION_H_
