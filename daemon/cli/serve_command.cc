@@ -26,8 +26,8 @@ namespace {
 constexpr char kSummary[] =
     "Serves the model over gRPC (flashd.v1.Flashd, health, reflection) until\n"
     "SIGTERM or SIGINT, then lets running generations finish for\n"
-    "--drain-timeout seconds. Sessions are decoded in turns on one inference\n"
-    "thread (one forward pass per session per token; not batched yet).";
+    "--drain-timeout seconds. One inference thread decodes all sessions\n"
+    "together: one batched forward pass per round for every decoding session.";
 
 void AddServeFlags(Args& args) {
   args.Flag("config", "",

@@ -129,18 +129,51 @@ void Scheduler::Round() {
   uint64_t tokens = 0;
   uint64_t freed = 0;
   int32_t ended = 0;
-  for (std::unique_ptr<Session>& s : active_) {
-    bool done = s->cancelled();
-    if (!done) {
-      const int32_t before = s->generated();
-      done = s->Step(*model_.forward, *model_.tokenizer, stop_at_bos_);
-      tokens += s->generated() - before;
+  Forward& forward = *model_.forward;
+  // Sessions still in their prompt run a chunk each; every session already
+  // decoding joins one EvalSteps pass (in groups of the forward's batch),
+  // so each weight -- and each neuron read from flash -- serves them all.
+  batch_.clear();
+  steps_.clear();
+  std::vector<bool>& done = done_;
+  done.assign(active_.size(), false);
+  for (size_t i = 0; i < active_.size(); ++i) {
+    Session& s = *active_[i];
+    if (s.cancelled()) {
+      done[i] = true;
+    } else if (!s.decoding()) {
+      const int32_t before = s.generated();
+      done[i] = s.Step(forward, *model_.tokenizer, stop_at_bos_);
+      tokens += s.generated() - before;
+    } else {
+      batch_.push_back(i);
     }
-    if (done) {
-      freed += KvBytesFor(s->request());
-      s.reset();  // frees its KV cache now
-      ++ended;
+  }
+  for (size_t b0 = 0; b0 < batch_.size(); b0 += forward.max_batch()) {
+    const size_t b1 = std::min(batch_.size(), b0 + forward.max_batch());
+    steps_.clear();
+    for (size_t b = b0; b < b1; ++b) {
+      steps_.push_back(active_[batch_[b]]->DecodeStep());
     }
+    absl::Status st = forward.EvalSteps(steps_);
+    for (size_t b = b0; b < b1; ++b) {
+      Session& s = *active_[batch_[b]];
+      if (!st.ok()) {
+        s.Fail(st);
+        done[batch_[b]] = true;
+        continue;
+      }
+      done[batch_[b]] = s.FinishBatchedStep(
+          forward, static_cast<int32_t>(b - b0), *model_.tokenizer,
+          stop_at_bos_);
+      ++tokens;
+    }
+  }
+  for (size_t i = 0; i < active_.size(); ++i) {
+    if (!done[i]) continue;
+    freed += KvBytesFor(active_[i]->request());
+    active_[i].reset();  // frees its KV cache now
+    ++ended;
   }
   std::erase(active_, nullptr);
   RefreshSourceStats();

@@ -1,12 +1,12 @@
 // The inference thread: owns the engine (Forward, and through it the weight
 // source and neuron cache) and every session's KV cache. gRPC handlers only
 // Enqueue; the thread admits sessions in arrival order within
-// --max-sessions and the KV budget, and round-robins: each round advances
-// every active session by one step (a prompt chunk or one token), so
-// sessions progress together. It does NOT batch sessions into one forward
-// pass: Forward::Eval evaluates one sequence per call, so N sessions cost N
-// passes per round (and N reads of a neuron missing from the cache).
-// Batching them is left for later.
+// --max-sessions and the KV budget, and runs rounds: each round advances
+// every active session by one step. Sessions still in their prompt run one
+// prompt chunk each (Forward::Eval); all sessions that are decoding run
+// together as one batch (Forward::EvalSteps: one token per session, each on
+// its own KV cache), so a round reads each weight -- and each neuron missing
+// from the flash cache -- once for all of them.
 #ifndef FLASHD_DAEMON_SERVER_SCHEDULER_H_
 #define FLASHD_DAEMON_SERVER_SCHEDULER_H_
 
@@ -118,6 +118,11 @@ class Scheduler {
 
   // Inference thread only.
   std::vector<std::unique_ptr<Session>> active_;
+  // Round scratch (inference thread): sessions decoding this round, their
+  // steps, which sessions ended.
+  std::vector<size_t> batch_;
+  std::vector<Forward::Step> steps_;
+  std::vector<bool> done_;
   std::thread thread_;
   std::atomic<int64_t> progress_ns_{0};
   const std::string id_prefix_;

@@ -60,8 +60,8 @@ bool Session::Step(Forward& forward, const Tokenizer& tokenizer,
   } else {
     tokens = absl::MakeConstSpan(&history_.back(), 1);
   }
-  // Forward evaluates one sequence per call: sessions are interleaved
-  // token by token, not batched into one pass.
+  // Prompt chunks run per session; decode steps of several sessions share
+  // one pass through Scheduler (EvalSteps + FinishBatchedStep).
   absl::Status s = forward.Eval(*kv_, tokens, /*all_logits=*/false);
   if (!s.ok()) {
     Fail(s);
@@ -72,12 +72,17 @@ bool Session::Step(Forward& forward, const Tokenizer& tokenizer,
     if (prompt_done_ < n_prompt) return false;
     prefilled_ = Clock::now();
   }
-  return SampleAndSend(forward, tokenizer, stop_at_bos);
+  return SampleAndSend(forward, 0, tokenizer, stop_at_bos);
 }
 
-bool Session::SampleAndSend(Forward& forward, const Tokenizer& tokenizer,
-                            bool stop_at_bos) {
-  const int32_t next = sampler_->Sample(forward.mutable_logits(0), history_);
+bool Session::FinishBatchedStep(Forward& forward, int32_t row,
+                                const Tokenizer& tokenizer, bool stop_at_bos) {
+  return SampleAndSend(forward, row, tokenizer, stop_at_bos);
+}
+
+bool Session::SampleAndSend(Forward& forward, int32_t row,
+                            const Tokenizer& tokenizer, bool stop_at_bos) {
+  const int32_t next = sampler_->Sample(forward.mutable_logits(row), history_);
   history_.push_back(next);
   const int32_t index = generated_++;
   if (index == 0) first_token_ = Clock::now();

@@ -49,6 +49,16 @@ class Session {
   // (llama2.c models end stories with it).
   bool Step(Forward& forward, const Tokenizer& tokenizer, bool stop_at_bos);
 
+  // Whether the prompt is evaluated, so the next step is one decode token
+  // that can share a Forward::EvalSteps pass with other sessions.
+  bool decoding() const { return prompt_done_ == request_.prompt.size(); }
+  // That step: this session's cache and its last token.
+  Forward::Step DecodeStep() { return {kv_.get(), history_.back()}; }
+  // After EvalSteps ran DecodeStep() as row `row`: samples and sends the
+  // next token. Returns true when the session is finished.
+  bool FinishBatchedStep(Forward& forward, int32_t row,
+                         const Tokenizer& tokenizer, bool stop_at_bos);
+
   // The client went away or cancelled: the caller should free the session.
   bool cancelled() const { return channel_->cancelled(); }
   // Sends an error as the stream's final status (e.g. on shutdown).
@@ -61,7 +71,7 @@ class Session {
  private:
   // Samples after the prompt or a decoded token and sends the token (and
   // Done when it is the last). Returns true when the session ended.
-  bool SampleAndSend(Forward& forward, const Tokenizer& tokenizer,
+  bool SampleAndSend(Forward& forward, int32_t row, const Tokenizer& tokenizer,
                      bool stop_at_bos);
   void SendDone(FinishReason reason);
 
