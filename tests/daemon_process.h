@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include "flashd/v1/flashd.grpc.pb.h"
+#include "gtest/gtest.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 
@@ -174,6 +176,32 @@ class DaemonProcess {
   std::string log_path_;
   std::shared_ptr<grpc::Channel> channel_;
 };
+
+// Sets a deadline `seconds` from now on `ctx`.
+inline void SetDeadline(grpc::ClientContext* ctx, int seconds = 120) {
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(seconds));
+}
+
+// GetStats with a 10 s deadline (a failed call fails the test).
+inline flashd::v1::Stats GetStats(flashd::v1::Flashd::Stub& stub) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, 10);
+  flashd::v1::Stats stats;
+  EXPECT_TRUE(stub.GetStats(&ctx, flashd::v1::GetStatsRequest(), &stats).ok());
+  return stats;
+}
+
+// Polls GetStats until `pred` holds (up to 20 s); returns the last stats.
+template <typename Pred>
+flashd::v1::Stats WaitForStats(flashd::v1::Flashd::Stub& stub, Pred pred) {
+  flashd::v1::Stats s = GetStats(stub);
+  for (int i = 0; i < 2000 && !pred(s); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    s = GetStats(stub);
+  }
+  return s;
+}
 
 }  // namespace flashd::testing
 

@@ -21,6 +21,10 @@
 namespace flashd {
 namespace {
 
+using testing::GetStats;
+using testing::SetDeadline;
+using testing::WaitForStats;
+
 using ::flashd::testing::DaemonProcess;
 using ::flashd::testing::HealthCheck;
 using ::flashd::testing::ReadIds;
@@ -75,30 +79,6 @@ v1::GenerateRequest Greedy(const std::string& prompt, int32_t max_tokens) {
   r.set_max_tokens(max_tokens);
   r.mutable_sampling()->set_temperature(0);
   return r;
-}
-
-void SetDeadline(grpc::ClientContext* ctx, int seconds = 120) {
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::seconds(seconds));
-}
-
-v1::Stats GetStats(v1::Flashd::Stub& stub) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, 10);
-  v1::Stats stats;
-  EXPECT_TRUE(stub.GetStats(&ctx, v1::GetStatsRequest(), &stats).ok());
-  return stats;
-}
-
-// Polls GetStats until `pred` holds (up to 20 s); returns the last stats.
-template <typename Pred>
-v1::Stats WaitForStats(v1::Flashd::Stub& stub, Pred pred) {
-  v1::Stats s = GetStats(stub);
-  for (int i = 0; i < 2000 && !pred(s); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    s = GetStats(stub);
-  }
-  return s;
 }
 
 // A daemon serving stories260K (resident, f32: exact llama2.c goldens).

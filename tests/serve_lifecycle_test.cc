@@ -25,17 +25,16 @@
 namespace flashd {
 namespace {
 
+using testing::GetStats;
+using testing::SetDeadline;
+using testing::WaitForStats;
+
 using ::flashd::testing::DaemonProcess;
 using ::flashd::testing::HealthCheck;
 using ::flashd::testing::SharedPath;
 
 std::string TempPath(const std::string& name) {
   return ::testing::TempDir() + "/" + name;
-}
-
-void SetDeadline(grpc::ClientContext* ctx, int seconds = 120) {
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::seconds(seconds));
 }
 
 // A long sampled generation (random weights: EOS is unlikely).
@@ -46,24 +45,6 @@ v1::GenerateRequest Long(int32_t max_tokens) {
   r.mutable_sampling()->set_temperature(1);
   r.mutable_sampling()->set_seed(1);
   return r;
-}
-
-v1::Stats GetStats(v1::Flashd::Stub& stub) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, 10);
-  v1::Stats stats;
-  EXPECT_TRUE(stub.GetStats(&ctx, v1::GetStatsRequest(), &stats).ok());
-  return stats;
-}
-
-template <typename Pred>
-v1::Stats WaitForStats(v1::Flashd::Stub& stub, Pred pred) {
-  v1::Stats s = GetStats(stub);
-  for (int i = 0; i < 2000 && !pred(s); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    s = GetStats(stub);
-  }
-  return s;
 }
 
 // Reads events until Started and `tokens` tokens arrived; false if the
