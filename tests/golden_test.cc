@@ -12,6 +12,7 @@
 #include "common/kernels/kernels.h"
 #include "common/model/model_loader.h"
 #include "gtest/gtest.h"
+#include "tests/isa_test_util.h"
 #include "tests/test_data.h"
 
 namespace flashd {
@@ -21,24 +22,8 @@ using testing::ReadFileBytes;
 using testing::ReadIds;
 using testing::SharedPath;
 
-std::vector<kernels::Isa> SupportedIsas() {
-  std::vector<kernels::Isa> out = {kernels::Isa::kScalar};
-  const kernels::Isa best = kernels::DetectIsa();
-  if (best >= kernels::Isa::kAvx2) out.push_back(kernels::Isa::kAvx2);
-  if (best >= kernels::Isa::kAvx512) out.push_back(kernels::Isa::kAvx512);
-  return out;
-}
-
-class IsaGuard {
- public:
-  explicit IsaGuard(kernels::Isa isa) : saved_(kernels::ActiveIsa()) {
-    kernels::SetIsaForTesting(isa);
-  }
-  ~IsaGuard() { kernels::SetIsaForTesting(saved_); }
-
- private:
-  kernels::Isa saved_;
-};
+using testing::ScopedIsa;
+using testing::SupportedIsas;
 
 struct StoriesCase {
   const char* name;
@@ -63,7 +48,7 @@ TEST_P(StoriesGolden, GreedyMatchesLlama2c) {
 
   for (kernels::Isa isa : SupportedIsas()) {
     SCOPED_TRACE(std::string(kernels::IsaName(isa)));
-    IsaGuard guard(isa);
+    ScopedIsa guard(isa);
     ThreadPool pool(2);
     Forward forward(*lm->model, &pool, 256, 16);
     KvCache kv(lm->model->config, 256, DefaultKvType(*lm->model));
@@ -119,7 +104,7 @@ TEST_P(TlSmallLogits, MatchLlamaCpp) {
 
   for (kernels::Isa isa : SupportedIsas()) {
     SCOPED_TRACE(std::string(kernels::IsaName(isa)));
-    IsaGuard guard(isa);
+    ScopedIsa guard(isa);
     ThreadPool pool(2);
     // A batch smaller than the prompt exercises chunked prefill too.
     Forward forward(*lm->model, &pool, 128, 16);

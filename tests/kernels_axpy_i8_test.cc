@@ -13,29 +13,13 @@
 #include "common/kernels/kernels.h"
 #include "common/kernels/kernels_internal.h"
 #include "gtest/gtest.h"
+#include "tests/isa_test_util.h"
 
 namespace flashd::kernels {
 namespace {
 
-std::vector<Isa> SupportedIsas() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (isa <= DetectIsa()) isas.push_back(isa);
-  }
-  return isas;
-}
-
-// Selects an ISA for the scope, then restores the previous one.
-class ScopedIsa {
- public:
-  explicit ScopedIsa(Isa isa) : saved_(ActiveIsa()) { SetIsaForTesting(isa); }
-  ~ScopedIsa() { SetIsaForTesting(saved_); }
-  ScopedIsa(const ScopedIsa&) = delete;
-  ScopedIsa& operator=(const ScopedIsa&) = delete;
-
- private:
-  Isa saved_;
-};
+using ::flashd::testing::ScopedIsa;
+using ::flashd::testing::SupportedIsas;
 
 uint32_t Bits(float f) {
   uint32_t u;

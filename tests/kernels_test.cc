@@ -16,6 +16,7 @@
 #include "common/kernels/ggml_types.h"
 #include "common/kernels/kernels_internal.h"
 #include "gtest/gtest.h"
+#include "tests/isa_test_util.h"
 
 namespace flashd::kernels {
 namespace {
@@ -33,25 +34,8 @@ constexpr GgmlType kRowTypes[] = {
 
 std::string Name(GgmlType type) { return std::string(Traits(type).name); }
 
-std::vector<Isa> SupportedIsas() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (isa <= DetectIsa()) isas.push_back(isa);
-  }
-  return isas;
-}
-
-// Selects an ISA for the scope, then restores the previous one.
-class ScopedIsa {
- public:
-  explicit ScopedIsa(Isa isa) : saved_(ActiveIsa()) { SetIsaForTesting(isa); }
-  ~ScopedIsa() { SetIsaForTesting(saved_); }
-  ScopedIsa(const ScopedIsa&) = delete;
-  ScopedIsa& operator=(const ScopedIsa&) = delete;
-
- private:
-  Isa saved_;
-};
+using ::flashd::testing::ScopedIsa;
+using ::flashd::testing::SupportedIsas;
 
 std::vector<float> RandomFloats(int64_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);
@@ -893,7 +877,7 @@ TEST(AttendF16Test, MatchesReferenceOnEveryIsa) {
           }
         }
         for (Isa isa : SupportedIsas()) {
-          SCOPED_TRACE(testing::Message() << IsaName(isa) << " n_q=" << n_q
+          SCOPED_TRACE(::testing::Message() << IsaName(isa) << " n_q=" << n_q
                                           << " hd=" << hd << " keys=" << n_keys);
           ScopedIsa scoped(isa);
           std::vector<float> scores(n_q * n_keys), out(n_q * hd, -1.0f);
