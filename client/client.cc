@@ -195,10 +195,17 @@ absl::Status Client::Generate(const v1::GenerateRequest& request,
   v1::GenerateEvent event;
   bool done = false;
   bool stopped_by_callback = false;
+  absl::Status ring_error;
   while (reader->Read(&event)) {
     done = done || event.has_done();
-    if (!on_event(event) && !event.has_done()) {
-      stopped_by_callback = true;
+    bool go_on = on_event(event);
+    if (go_on && event.has_started() && !event.started().shm_name().empty()) {
+      // Shared-memory delivery: the tokens come through the ring until it
+      // is finished; then the stream's Done (or error) follows.
+      ring_error = ReadRing(event.started(), on_event, cancel, &go_on);
+    }
+    if (!ring_error.ok() || (!go_on && !event.has_done())) {
+      stopped_by_callback = ring_error.ok();
       context.TryCancel();
       while (reader->Read(&event)) {
       }
@@ -207,6 +214,7 @@ absl::Status Client::Generate(const v1::GenerateRequest& request,
   }
   const grpc::Status status = reader->Finish();
   if (cancel != nullptr) cancel->Detach();
+  if (!ring_error.ok()) return ring_error;
   const bool cancelled =
       stopped_by_callback || (cancel != nullptr && cancel->cancelled());
   if (cancelled && !done) {
@@ -217,6 +225,39 @@ absl::Status Client::Generate(const v1::GenerateRequest& request,
   if (!done) {
     return absl::InternalError(absl::StrCat(
         "Generate on ", target_, ": the stream ended without a Done event"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Client::ReadRing(const v1::Started& started,
+                              const GenerateCallback& on_event,
+                              CancelToken* cancel, bool* go_on) {
+  const std::string where =
+      absl::StrCat("Generate on ", target_, ": token ring ", started.shm_name());
+  absl::StatusOr<std::unique_ptr<shm::TokenRingReader>> ring =
+      shm::TokenRingReader::Attach(started.shm_name(), started.shm_session_id());
+  if (!ring.ok()) {
+    return absl::Status(ring.status().code(),
+                        absl::StrCat(where, ": ", ring.status().message()));
+  }
+  // We own the file: unlink the name now, so nothing is left in /dev/shm
+  // whatever happens to either side later.
+  (void)(*ring)->Unlink();
+  v1::GenerateEvent token_event;
+  while (*go_on) {
+    if (cancel != nullptr && cancel->cancelled()) return absl::OkStatus();
+    absl::StatusOr<shm::RingEvent> e = (*ring)->Next(absl::Milliseconds(100));
+    if (e.status().code() == absl::StatusCode::kDeadlineExceeded) continue;
+    if (!e.ok()) {
+      return absl::Status(e.status().code(),
+                          absl::StrCat(where, ": ", e.status().message()));
+    }
+    if (e->kind == shm::RingEvent::Kind::kFinished) return absl::OkStatus();
+    v1::TokenEvent* t = token_event.mutable_token();
+    t->set_id(e->token_id);
+    t->set_index(static_cast<int32_t>(e->index));
+    t->set_text(std::move(e->text));
+    *go_on = on_event(token_event);
   }
   return absl::OkStatus();
 }

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/shm/token_ring_reader.h"
 #include "flashd/v1/flashd.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
@@ -70,7 +71,9 @@ enum class HealthStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
 const char* HealthStatusName(HealthStatus status);
 
 // Called with each event of a Generate stream, in order: one Started, then
-// TokenEvents, then one Done. Return false to cancel the call.
+// TokenEvents, then one Done. Return false to cancel the call. With
+// delivery SHARED_MEMORY the TokenEvents are read from the session's ring
+// (Started names it) and handed over the same way.
 using GenerateCallback = std::function<bool(const v1::GenerateEvent& event)>;
 
 // A connection to one flashd daemon. Thread-safe: calls may run
@@ -86,7 +89,10 @@ class Client {
   const std::string& target() const { return target_; }
 
   // Runs one Generate and calls on_event for every event until the stream
-  // ends. OK only after a Done event. CANCELLED when on_event returned
+  // ends. OK only after a Done event. With request.delivery() ==
+  // SHARED_MEMORY (Unix-socket targets only) tokens come through a ring in
+  // shared memory; its errors (DATA_LOSS, UNAVAILABLE when the daemon
+  // died) name the ring. CANCELLED when on_event returned
   // false or `cancel` was cancelled; the server's status otherwise (e.g.
   // INVALID_ARGUMENT naming the field, RESOURCE_EXHAUSTED when full).
   absl::Status Generate(const v1::GenerateRequest& request,
@@ -109,6 +115,12 @@ class Client {
          std::shared_ptr<grpc::Channel> channel);
   // Sets the call deadline on a unary call's context.
   void PrepareUnary(grpc::ClientContext* context) const;
+  // Attaches the ring `started` names, unlinks its name, and hands its
+  // tokens to on_event until the ring is finished, on_event returns false
+  // (*go_on), or `cancel` fires.
+  absl::Status ReadRing(const v1::Started& started,
+                        const GenerateCallback& on_event, CancelToken* cancel,
+                        bool* go_on);
   // The absl::Status for a failed call of `rpc`.
   absl::Status Error(absl::string_view rpc, const grpc::Status& status) const;
 

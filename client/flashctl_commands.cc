@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -28,6 +29,9 @@ constexpr char kUsage[] =
     "           [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] "
     "[--stop S]...\n"
     "  chat [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]\n"
+    "  (generate, chat: --delivery auto|stream|shm; auto is shm on a Unix\n"
+    "   socket, falling back to the stream when the daemon cannot give\n"
+    "   this user a ring)\n"
     "  tokenize TEXT [--bos]     detokenize ID...\n"
     "  info | stats | health [--service NAME]\n"
     "The default target is unix:/run/flashd/flashd.sock; --target takes\n"
@@ -38,7 +42,7 @@ constexpr char kUsage[] =
 const FlagSpec kSamplingFlags = {
     {"max-tokens", true}, {"temperature", true},   {"top-k", true},
     {"top-p", true},      {"min-p", true},         {"repeat-penalty", true},
-    {"seed", true},       {"repeat-last-n", true},
+    {"seed", true},       {"repeat-last-n", true}, {"delivery", true},
 };
 
 int Usage(const FlashctlIo& io, const std::string& message) {
@@ -96,11 +100,34 @@ absl::Status ApplySampling(const ParsedFlags& f, v1::GenerateRequest* r) {
   return absl::OkStatus();
 }
 
+absl::Status GenerateOnce(Client& client, const v1::GenerateRequest& request,
+                          const FlashctlIo& io, bool strip_leading_space,
+                          std::string* text, v1::Done* done);
+
 // Streams one Generate: token text to io.out as it arrives. *done gets the
-// Done event.
+// Done event. A shared-memory request that `auto` chose and the daemon
+// refuses before any token (no ring for this user) is retried in the stream.
 absl::Status StreamGenerate(Client& client, const v1::GenerateRequest& request,
                             const FlashctlIo& io, bool strip_leading_space,
                             std::string* text, v1::Done* done) {
+  absl::Status s =
+      GenerateOnce(client, request, io, strip_leading_space, text, done);
+  const bool refused = s.code() == absl::StatusCode::kPermissionDenied ||
+                       s.code() == absl::StatusCode::kFailedPrecondition;
+  if (refused && text->empty() && io.auto_delivery &&
+      request.delivery() == v1::SHARED_MEMORY) {
+    *io.err << "flashctl: no shared-memory ring (" << s.message()
+            << "); tokens come in the stream\n";
+    v1::GenerateRequest retry = request;
+    retry.set_delivery(v1::STREAM);
+    s = GenerateOnce(client, retry, io, strip_leading_space, text, done);
+  }
+  return s;
+}
+
+absl::Status GenerateOnce(Client& client, const v1::GenerateRequest& request,
+                          const FlashctlIo& io, bool strip_leading_space,
+                          std::string* text, v1::Done* done) {
   bool at_start = strip_leading_space;
   return client.Generate(
       request,
@@ -261,6 +288,19 @@ int RunFlashctl(const std::vector<std::string>& args, const FlashctlIo& io) {
     for (const std::string& s : f->Values("stop")) request.add_stop(s);
   }
   if (command == "chat") request.add_stop("\nUser:");
+  FlashctlIo run_io = io;
+  if (command == "generate" || command == "chat") {
+    const std::string d = f->Has("delivery") ? f->Value("delivery") : "auto";
+    if (d == "shm" || (d == "auto" && absl::StartsWith(target, "unix:"))) {
+      request.set_delivery(v1::SHARED_MEMORY);
+      run_io.auto_delivery = d == "auto";
+    } else if (d == "stream" || d == "auto") {
+      request.set_delivery(v1::STREAM);
+    } else {
+      return Usage(io, absl::StrCat(command, ": --delivery \"", d,
+                                    "\" is not auto, stream or shm"));
+    }
+  }
   const size_t want_positional = command == "tokenize"     ? 1
                                  : command == "detokenize" ? SIZE_MAX
                                                            : 0;
@@ -288,8 +328,10 @@ int RunFlashctl(const std::vector<std::string>& args, const FlashctlIo& io) {
   if (!client.ok()) return Fail(io, client.status());
   Client& c = **client;
 
-  if (command == "generate") return GenerateCommand(c, request, io);
-  if (command == "chat") return ChatCommand(c, request, f->Value("system"), io);
+  if (command == "generate") return GenerateCommand(c, request, run_io);
+  if (command == "chat") {
+    return ChatCommand(c, request, f->Value("system"), run_io);
+  }
   if (command == "tokenize") {
     absl::StatusOr<std::vector<int32_t>> t =
         c.Tokenize(f->positional[0], f->Has("bos"));

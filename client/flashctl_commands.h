@@ -5,6 +5,7 @@
 //     generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
 //              [--top-p P] [--seed S] [--stop S]…   stream text to stdout
 //     chat [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
+//     (generate, chat: --delivery auto|stream|shm)
 //     tokenize TEXT [--bos] | detokenize ID… | info | stats | health
 //
 // Exit codes: 0 success, 1 a runtime error (daemon unreachable, an RPC
@@ -34,6 +35,9 @@ struct FlashctlIo {
   // null. chat re-arms it after each reply.
   CancelToken* cancel = nullptr;
   bool interactive = false;  // stdin is a terminal: chat prints "> "
+  // Set by RunFlashctl: shared-memory delivery was chosen by --delivery
+  // auto, so a refusal falls back to the stream.
+  bool auto_delivery = false;
 };
 
 // Runs flashctl with `args` (argv without the program name). Returns the

@@ -100,5 +100,11 @@ printf '\x01' | dd of="$tmp/other.bin" bs=1 seek=100000 conv=notrunc 2>/dev/null
 err="$("$flashd" run --model "$tmp/other.bin" --tokenizer "$shared/models/tok512.bin" --mode flash --flash "$tmp/stories.flash" --prompt x 2>&1)"; code=$?
 [[ $code -eq 1 && "$err" == *"different model"* ]]; check ".flash of another model: refused" $?
 
+# The neuron cache is in shared memory by default only for the daemon.
+"$flashd" serve --help 2>&1 | grep -q -- "--cache-shm .*'': private memory.*(default auto)$"
+check "serve --help: --cache-shm defaults to auto" $?
+! "$flashd" run --help 2>&1 | grep -q -- "--cache-shm .*(default auto)"
+check "run --help: --cache-shm defaults to private" $?
+
 echo "cli: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]

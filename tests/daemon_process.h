@@ -6,6 +6,7 @@
 #define FLASHD_TESTS_DAEMON_PROCESS_H_
 
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -79,6 +80,10 @@ class DaemonProcess {
   DaemonProcess& operator=(const DaemonProcess&) = delete;
   ~DaemonProcess() { Kill(); }
 
+  // Runs the next Spawn as user (and group) `uid` instead of ours (we must
+  // be root).
+  void set_user(uid_t uid) { user_ = uid; }
+
   // Starts `binary args...` with stdout and stderr in `log_path` and
   // "NAME=value" entries of `env` added to this process's environment.
   void Spawn(const std::string& binary, const std::vector<std::string>& args,
@@ -102,6 +107,11 @@ class DaemonProcess {
       if (fd >= 0) {
         ::dup2(fd, 1);
         ::dup2(fd, 2);
+      }
+      if (user_.has_value() &&
+          (::setgroups(0, nullptr) != 0 || ::setgid(*user_) != 0 ||
+           ::setuid(*user_) != 0)) {
+        ::_exit(126);
       }
       ::execve(binary.c_str(), argv.data(), envp.data());
       ::_exit(127);
@@ -169,9 +179,12 @@ class DaemonProcess {
     return std::string(std::istreambuf_iterator<char>(in), {});
   }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  // The process id while it runs (-1 once reaped).
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;
+  std::optional<uid_t> user_;
   std::optional<int> exit_code_;
   std::string log_path_;
   std::shared_ptr<grpc::Channel> channel_;

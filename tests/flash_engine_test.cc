@@ -13,10 +13,14 @@
 #include <string>
 #include <vector>
 
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/engine/forward.h"
 #include "common/engine/generator.h"
+#include "common/flash/cache_segment.h"
 #include "common/flash/flash_engine.h"
 #include "common/flash/flash_file.h"
 #include "common/flash/flash_writer.h"
@@ -418,6 +422,229 @@ TEST_F(Faults, CacheSegmentRestartsWarm) {
     EXPECT_EQ(s->source->stats().warm_neurons, 0u);
   }
   std::filesystem::remove("/dev/shm/" + name);
+}
+
+// Flash-mode options with the neuron caches in segment `name`.
+SourceOptions SegmentOptions(const std::string& name, uint64_t budget) {
+  SourceOptions o;
+  o.mode = Mode::kFlash;
+  o.open_file = BufferedOpener(nullptr);
+  o.dram_budget = budget;
+  o.cache_segment = name;
+  return o;
+}
+
+absl::Status EvalFourTokens(Streamed& s) {
+  KvCache kv(s.config_model->config, 64);
+  return EvalPrompt(*s.forward, kv, {1, 450, 4996, 17354}, false,
+                    [](int32_t, const float*) {});
+}
+
+// A segment is held by one live source at a time: every other opener, with
+// the same settings or settings that would discard it, automatic (with
+// fallback) or not, is refused naming the segment, and the segment is untouched;
+// once the holder is gone the next source attaches warm.
+TEST_F(Faults, CacheSegmentHeldByALiveSourceIsNotShared) {
+  const std::string name = "flashd-test-excl-" + std::to_string(::getpid());
+  const std::string path = CacheSegment::PathOf(name);
+  std::filesystem::remove(path);
+  const uint64_t min = MinimumBudget(*file_, Mode::kFlash, 0);
+  const uint64_t budget = min + file_->file_size() / 4;
+  {
+    absl::StatusOr<Streamed> a =
+        OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(a->source->cache_segment(), name);
+    EXPECT_EQ(a->source->cache_segment_state(), "created");
+    ASSERT_TRUE(EvalFourTokens(*a).ok());
+    const uintmax_t bytes = std::filesystem::file_size(path);
+    for (uint64_t b : {budget, min + file_->file_size() / 16}) {
+      for (bool automatic : {false, true}) {
+        SourceOptions o = SegmentOptions(name, b);
+        o.cache_segment_auto = automatic;
+        absl::StatusOr<Streamed> s = OpenStreamed(flash_, o, 64, 4);
+        ASSERT_FALSE(s.ok()) << b << " " << automatic;
+        EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition)
+            << s.status();
+        EXPECT_NE(s.status().message().find(
+                      "neuron cache segment " + path +
+                      " is in use by another process"),
+                  std::string::npos)
+            << s.status();
+        EXPECT_NE(s.status().message().find("--cache-shm"), std::string::npos);
+      }
+    }
+    absl::StatusOr<std::unique_ptr<CacheSegment>> raw =
+        CacheSegment::OpenOrCreate(name, 1, 8, {{4, 4096}});
+    EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition)
+        << raw.status();
+    EXPECT_EQ(std::filesystem::file_size(path), bytes);
+    EXPECT_TRUE(EvalFourTokens(*a).ok());
+  }
+  {
+    absl::StatusOr<Streamed> b =
+        OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(b->source->cache_segment_state(), "attached (warm)");
+    EXPECT_GT(b->source->stats().warm_neurons, 0u);
+    EXPECT_TRUE(EvalFourTokens(*b).ok());
+  }
+  std::filesystem::remove(path);
+}
+
+// The lock dies with its holder: a child process holding the segment
+// blocks others while alive; once SIGKILLed, the next source takes the
+// segment over and re-adopts the (re-verified) neurons it left.
+TEST_F(Faults, CacheSegmentOfAKilledHolderIsTakenOver) {
+  const std::string name = "flashd-test-kill-" + std::to_string(::getpid());
+  const std::string path = CacheSegment::PathOf(name);
+  std::filesystem::remove(path);
+  const uint64_t budget =
+      MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 4;
+  {
+    absl::StatusOr<Streamed> a =
+        OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(EvalFourTokens(*a).ok());
+  }
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // attach, report, then hold the segment until killed
+    ::close(fds[0]);
+    absl::StatusOr<Streamed> s =
+        OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
+    const char got = s.ok() && s->source->stats().warm_neurons > 0 &&
+                             EvalFourTokens(*s).ok()
+                         ? 'W'
+                         : 'F';
+    (void)!::write(fds[1], &got, 1);
+    for (;;) ::pause();
+  }
+  ::close(fds[1]);
+  pollfd p{fds[0], POLLIN, 0};
+  char got = 0;
+  const bool reported = ::poll(&p, 1, 120000) == 1 && ::read(fds[0], &got, 1) == 1;
+  ::close(fds[0]);
+  if (!reported || got != 'W') {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    FAIL() << "the child did not attach warm (reported '" << got << "')";
+  }
+  {
+    absl::StatusOr<Streamed> s =
+        OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition)
+        << s.status();
+  }
+  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL);
+  {
+    absl::StatusOr<Streamed> s =
+        OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->source->cache_segment_state(), "attached (warm)");
+    EXPECT_GT(s->source->stats().warm_neurons, 0u);
+    EXPECT_TRUE(EvalFourTokens(*s).ok());
+  }
+  std::filesystem::remove(path);
+}
+
+// An automatic segment that cannot be had (here: an invalid name) leaves
+// the caches private and says why; an explicit one fails the open.
+TEST_F(Faults, CacheSegmentFallbackKeepsCachesPrivate) {
+  const uint64_t budget =
+      MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 8;
+  SourceOptions o = SegmentOptions(std::string(300, 'x'), budget);
+  absl::StatusOr<Streamed> s = OpenStreamed(flash_, o, 64, 4);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
+  o.cache_segment_auto = true;
+  s = OpenStreamed(flash_, o, 64, 4);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->source->cache_segment(), "");
+  EXPECT_EQ(s->source->cache_segment_state().rfind("private memory: ", 0), 0u)
+      << s->source->cache_segment_state();
+  EXPECT_NE(s->source->cache_segment_state().find("1..200 characters"),
+            std::string::npos);
+  EXPECT_TRUE(EvalFourTokens(*s).ok());
+}
+
+// The automatic name: stable for the same settings, different when what
+// sizes the caches (budget, predictor) or the window changes.
+TEST_F(Faults, AutoCacheSegmentNameFollowsTheSettings) {
+  SourceOptions o;
+  o.mode = Mode::kFlash;
+  o.dram_budget = uint64_t{1} << 30;
+  const std::string name = AutoCacheSegmentName(*file_, o);
+  ASSERT_EQ(name.size(), 13u + 16u) << name;
+  EXPECT_EQ(name.rfind("flashd-cache-", 0), 0u) << name;
+  EXPECT_EQ(name.find_first_not_of("0123456789abcdef", 13), std::string::npos)
+      << name;
+  EXPECT_EQ(AutoCacheSegmentName(*file_, o), name);
+  SourceOptions same = o;
+  same.max_read_bytes = 1 << 20;  // does not change the caches
+  EXPECT_EQ(AutoCacheSegmentName(*file_, same), name);
+  SourceOptions other = o;
+  other.dram_budget += 4096;
+  EXPECT_NE(AutoCacheSegmentName(*file_, other), name);
+  other = o;
+  other.window = 5;
+  EXPECT_NE(AutoCacheSegmentName(*file_, other), name);
+  other = o;
+  other.predictor_bytes = 1;
+  EXPECT_NE(AutoCacheSegmentName(*file_, other), name);
+}
+
+// An automatic segment, once held, removes the unheld automatic segments of
+// the same file left by other settings; held ones and other files' stay.
+TEST_F(Faults, AutoCacheSegmentRemovesStaleOnesOfTheSameFile) {
+  const uint64_t min = MinimumBudget(*file_, Mode::kFlash, 0);
+  auto automatic = [&](uint64_t budget) {
+    SourceOptions o = SegmentOptions("", min + budget);
+    o.cache_segment = AutoCacheSegmentName(*file_, o);
+    o.cache_segment_auto = true;
+    return o;
+  };
+  const SourceOptions stale = automatic(file_->file_size() / 4);
+  const SourceOptions held = automatic(file_->file_size() / 8);
+  const SourceOptions fresh = automatic(file_->file_size() / 16);
+  const std::string foreign =
+      std::string(kAutoCacheSegmentPrefix) + "test-" + std::to_string(::getpid());
+  for (const std::string& n :
+       {stale.cache_segment, held.cache_segment, fresh.cache_segment, foreign}) {
+    std::filesystem::remove(CacheSegment::PathOf(n));
+  }
+  absl::StatusOr<Streamed> h = OpenStreamed(flash_, held, 64, 4);
+  ASSERT_TRUE(h.ok()) << h.status();
+  {
+    absl::StatusOr<Streamed> s = OpenStreamed(flash_, stale, 64, 4);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_TRUE(EvalFourTokens(*s).ok());
+  }
+  ASSERT_TRUE(CacheSegment::OpenOrCreate(foreign, file_->layout().identity ^ 1,
+                                         8, {{4, 4096}})
+                  .ok());
+  ASSERT_TRUE(std::filesystem::exists(CacheSegment::PathOf(stale.cache_segment)));
+  {
+    absl::StatusOr<Streamed> s = OpenStreamed(flash_, fresh, 64, 4);
+    ASSERT_TRUE(s.ok()) << s.status();
+    const std::string& state = s->source->cache_segment_state();
+    EXPECT_EQ(state.rfind("created; removed stale ", 0), 0u) << state;
+    EXPECT_NE(state.find(stale.cache_segment + " ("), std::string::npos) << state;
+    EXPECT_EQ(state.find(held.cache_segment), std::string::npos) << state;
+  }
+  EXPECT_FALSE(std::filesystem::exists(CacheSegment::PathOf(stale.cache_segment)));
+  EXPECT_TRUE(std::filesystem::exists(CacheSegment::PathOf(held.cache_segment)));
+  EXPECT_TRUE(std::filesystem::exists(CacheSegment::PathOf(fresh.cache_segment)));
+  EXPECT_TRUE(std::filesystem::exists(CacheSegment::PathOf(foreign)));
+  h = absl::UnknownError("closed");
+  for (const std::string& n :
+       {stale.cache_segment, held.cache_segment, fresh.cache_segment, foreign}) {
+    std::filesystem::remove(CacheSegment::PathOf(n));
+  }
 }
 
 TEST_F(Faults, MemoryPlanStaysWithinTheBudget) {

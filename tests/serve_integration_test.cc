@@ -260,19 +260,13 @@ TEST_F(StoriesDaemon, MalformedRequestsAreInvalidArgumentNamingTheField) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(s.error_message().find(c.field), std::string::npos) << s.error_message();
   }
-  v1::GenerateRequest shm = Greedy(kDog, 10);
-  shm.set_delivery(v1::SHARED_MEMORY);
-  grpc::Status s = Refused(*stub_, shm);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_NE(s.error_message().find("not built yet"), std::string::npos);
-
   grpc::ClientContext ctx;
   SetDeadline(&ctx, 10);
   v1::DetokenizeRequest d;
   d.add_ids(1);
   d.add_ids(512);
   v1::DetokenizeResponse resp;
-  s = stub_->Detokenize(&ctx, d, &resp);
+  grpc::Status s = stub_->Detokenize(&ctx, d, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("ids[1] = 512"), std::string::npos);
   // The daemon is still fine.

@@ -326,6 +326,19 @@ TEST_F(StoriesConfig, TcpOnlyWhenListenIsGiven) {
   EXPECT_EQ(HealthCheck(daemon.channel(), "flashd.v1.Flashd"), 1);
   struct stat st;
   EXPECT_NE(::lstat(socket_.c_str(), &st), 0);  // no Unix socket
+  // A TCP client is remote: no shared memory for it, and a clear answer.
+  auto stub = v1::Flashd::NewStub(daemon.channel());
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, 10);
+  v1::GenerateRequest r = Long(3);
+  r.set_delivery(v1::SHARED_MEMORY);
+  auto reader = stub->Generate(&ctx, r);
+  v1::GenerateEvent e;
+  EXPECT_FALSE(reader->Read(&e));
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(status.error_message().find("Unix socket"), std::string::npos)
+      << status.error_message();
 }
 
 // sd_notify datagrams, as systemd would receive them (NOTIFY_SOCKET).

@@ -43,6 +43,7 @@ Forward::Forward(const Model& model, ThreadPool* pool, int32_t n_ctx,
   seq_kv_.resize(b);
   seq_pos_.resize(b);
   step_tokens_.resize(b);
+  out_rows_.resize(b);
   for (ActBuffer& a : acts_) a.bytes.resize(b * Width(c) * 2 + 64);
   scores_.resize(static_cast<size_t>(pool->size()) * n_ctx *
                  (c.n_head / c.n_head_kv));
@@ -302,22 +303,30 @@ absl::Status Forward::Eval(KvCache& kv, absl::Span<const int32_t> tokens,
     seq_kv_[t] = &kv;
     seq_pos_[t] = pos0 + t;
   }
-  absl::Status s = Run(tokens, all_logits ? 0 : n - 1);
+  const int32_t first_out = all_logits ? 0 : n - 1;
+  for (int32_t t = first_out; t < n; ++t) out_rows_[t - first_out] = t;
+  absl::Status s = Run(tokens, n - first_out);
   if (s.ok()) kv.set_n_past(pos0 + n);
   return s;
 }
 
 absl::Status Forward::EvalSteps(absl::Span<const Step> steps) {
   const ModelConfig& c = config_;
-  const int32_t n = static_cast<int32_t>(steps.size());
-  if (n <= 0 || n > max_batch_) {
+  const int32_t n_steps = static_cast<int32_t>(steps.size());
+  int64_t rows = 0;
+  for (const Step& st : steps) rows += static_cast<int64_t>(st.tokens.size());
+  if (n_steps <= 0 || rows > max_batch_) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "batch of ", n, " steps; must be 1..", max_batch_));
+        n_steps, " steps of ", rows, " tokens in all; must be 1..", max_batch_,
+        " tokens"));
   }
-  for (int32_t i = 0; i < n; ++i) {
+  int32_t row = 0;
+  for (int32_t i = 0; i < n_steps; ++i) {
     KvCache* kv = steps[i].kv;
-    if (kv == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("step ", i, " has no KV cache"));
+    const int32_t n = static_cast<int32_t>(steps[i].tokens.size());
+    if (kv == nullptr || n == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("step ", i, " has no KV cache or no tokens"));
     }
     for (int32_t j = 0; j < i; ++j) {
       if (steps[j].kv == kv) {
@@ -325,28 +334,34 @@ absl::Status Forward::EvalSteps(absl::Span<const Step> steps) {
             "steps ", j, " and ", i, " use the same KV cache"));
       }
     }
-    if (kv->n_past() + 1 > std::min(n_ctx_, kv->n_ctx())) {
+    if (kv->n_past() + n > std::min(n_ctx_, kv->n_ctx())) {
       return absl::OutOfRangeError(absl::StrCat(
-          "context full at step ", i, ": ", kv->n_past(), " positions of ",
-          std::min(n_ctx_, kv->n_ctx())));
+          "context full at step ", i, ": ", kv->n_past(), " + ", n,
+          " tokens exceed ", std::min(n_ctx_, kv->n_ctx()), " positions"));
     }
-    if (steps[i].token < 0 || steps[i].token >= c.n_vocab) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "token id ", steps[i].token, " at step ", i,
-          " is outside the vocabulary [0, ", c.n_vocab, ")"));
+    for (int32_t t = 0; t < n; ++t, ++row) {
+      const int32_t token = steps[i].tokens[t];
+      if (token < 0 || token >= c.n_vocab) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", token, " at step ", i, " index ", t,
+            " is outside the vocabulary [0, ", c.n_vocab, ")"));
+      }
+      seq_kv_[row] = kv;
+      seq_pos_[row] = kv->n_past() + t;
+      step_tokens_[row] = token;
     }
-    seq_kv_[i] = kv;
-    seq_pos_[i] = kv->n_past();
-    step_tokens_[i] = steps[i].token;
+    out_rows_[i] = row - 1;
   }
-  absl::Status s = Run(absl::MakeConstSpan(step_tokens_.data(), n), 0);
+  absl::Status s = Run(absl::MakeConstSpan(step_tokens_.data(), row), n_steps);
   if (s.ok()) {
-    for (int32_t i = 0; i < n; ++i) steps[i].kv->set_n_past(seq_pos_[i] + 1);
+    for (const Step& st : steps) {
+      st.kv->set_n_past(st.kv->n_past() + static_cast<int32_t>(st.tokens.size()));
+    }
   }
   return s;
 }
 
-absl::Status Forward::Run(absl::Span<const int32_t> tokens, int32_t first_out) {
+absl::Status Forward::Run(absl::Span<const int32_t> tokens, int32_t n_out) {
   const ModelConfig& c = config_;
   const int32_t n = static_cast<int32_t>(tokens.size());
   const size_t E = c.n_embd, KV = c.kv_dim();
@@ -393,15 +408,20 @@ absl::Status Forward::Run(absl::Span<const int32_t> tokens, int32_t first_out) {
     for (size_t i = 0; i < n * E; ++i) x_[i] += proj_[i];
   }
 
-  // Output: final norm and classifier, for tokens [first_out, n).
-  const int32_t first = first_out;
-  const int32_t n_out = n - first;
+  // Output: final norm and classifier of the rows out_rows_[0, n_out).
+  const float* norm =
+      source_ == nullptr ? model_.output_norm : source_->output_norm();
+  if (n_out == n - out_rows_[0]) {  // a contiguous tail (Eval)
+    RmsNorm(x_.data() + out_rows_[0] * E, norm, xb_.data(), n_out);
+  } else {
+    for (int32_t k = 0; k < n_out; ++k) {
+      RmsNorm(x_.data() + out_rows_[k] * E, norm, xb_.data() + k * E, 1);
+    }
+  }
   if (source_ == nullptr) {
-    RmsNorm(x_.data() + first * E, model_.output_norm, xb_.data(), n_out);
     MatMuls({{&model_.output, xb_.data(), logits_.data()}}, n_out);
     return absl::OkStatus();
   }
-  RmsNorm(x_.data() + first * E, source_->output_norm(), xb_.data(), n_out);
   for (int32_t chunk = 0; chunk < source_->output_chunks(); ++chunk) {
     absl::StatusOr<WeightSource::OutputChunk> out =
         source_->AcquireOutput(chunk);

@@ -32,20 +32,23 @@ class Forward {
   absl::Status Eval(KvCache& kv, absl::Span<const int32_t> tokens,
                     bool all_logits);
 
-  // One token of one sequence, for EvalSteps.
+  // Tokens of one sequence, for EvalSteps: a prompt chunk or one decoded
+  // token, at positions kv->n_past() onward of its own cache.
   struct Step {
     KvCache* kv = nullptr;
-    int32_t token = 0;
+    absl::Span<const int32_t> tokens;
   };
-  // Runs one token for each of several sequences in one pass (the weights
-  // are read once for all of them): step i's token goes at position
-  // steps[i].kv->n_past() of its own cache, which then advances by one.
-  // Logits of every step (row i). Each KvCache may appear once. Errors as
-  // Eval, naming the step; on error no cache advances.
+  // Runs the tokens of several sequences in one pass (the weights, and in
+  // flash mode each neuron read, serve all of them): step i's tokens go at
+  // positions steps[i].kv->n_past() onward of its own cache, which then
+  // advances by that many. At most max_batch tokens in all. Logits of the
+  // last token of every step (row i). Each KvCache may appear once. Errors
+  // as Eval, naming the step; on error no cache advances.
   absl::Status EvalSteps(absl::Span<const Step> steps);
 
   // Logits of the last Eval: row i (n_vocab floats) for token i when
-  // all_logits, else row 0 for the last token; of EvalSteps: row i.
+  // all_logits, else row 0 for the last token; of EvalSteps: row i for
+  // step i.
   const float* logits(int32_t row = 0) const {
     return logits_.data() + static_cast<size_t>(row) * config_.n_vocab;
   }
@@ -95,8 +98,8 @@ class Forward {
   // seq_pos_[t].
   void Attention(int32_t layer, int32_t n_tokens);
   // The forward pass over tokens whose caches and positions are in
-  // seq_kv_/seq_pos_; logits of tokens [first_out, n).
-  absl::Status Run(absl::Span<const int32_t> tokens, int32_t first_out);
+  // seq_kv_/seq_pos_; logits row k of token out_rows_[k], k < n_out.
+  absl::Status Run(absl::Span<const int32_t> tokens, int32_t n_out);
 
   // The FFN block of layer `l` on xb_ into proj_, through the source or
   // the resident matrices, with the selector's mask applied.
@@ -126,6 +129,7 @@ class Forward {
   std::vector<KvCache*> seq_kv_;   // (max_batch) cache of each token
   std::vector<int32_t> seq_pos_;   // (max_batch) position of each token
   std::vector<int32_t> step_tokens_;  // (max_batch) EvalSteps' tokens
+  std::vector<int32_t> out_rows_;     // (max_batch) rows that get logits
   // Quantized activations: one buffer per activation format in flight.
   struct ActBuffer {
     const float* src = nullptr;

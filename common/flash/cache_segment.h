@@ -4,8 +4,19 @@
 // identity and every layer's slot count and bundle size, then per layer its
 // slot array, the neuron id of each slot and the number of slots in use.
 // Anything that does not match (another model, version or budget, a
-// truncated segment) is discarded and recreated; slots are re-verified
+// truncated segment) is discarded and re-initialised; slots are re-verified
 // against the file's bundle CRCs before they are trusted again.
+//
+// One process at a time: OpenOrCreate takes an exclusive flock on the
+// segment's descriptor before it looks at the contents and holds it until
+// the CacheSegment is destroyed. The kernel drops the lock when the holder
+// exits however it dies (SIGKILL included), so a dead owner never blocks a
+// successor, and a live owner's segment is never discarded or overwritten:
+// the second opener fails instead. A stale segment is re-initialised in
+// place (same inode, still locked), never removed and recreated, so there is
+// no window in which two processes own the name. The descriptor is
+// close-on-exec; a child forked without exec shares the lock (and must not
+// use the segment).
 #ifndef FLASHD_COMMON_FLASH_CACHE_SEGMENT_H_
 #define FLASHD_COMMON_FLASH_CACHE_SEGMENT_H_
 
@@ -30,19 +41,34 @@ class CacheSegment {
 
   // Attaches to segment `name` (a POSIX shm name without '/', e.g.
   // "flashd-cache-0123abcd") when it holds caches for `identity` with
-  // exactly these specs; otherwise removes whatever is there and creates
-  // it (mode 0600, zeroed: every layer empty). Errors: the name is invalid,
-  // or shared memory cannot be created or mapped (naming why).
+  // exactly these specs; otherwise creates it or re-initialises what is
+  // there (mode 0600, zeroed: every layer empty). Its memory is reserved up
+  // front, so a full /dev/shm is an error here rather than SIGBUS later.
+  // Errors: INVALID_ARGUMENT (bad name), FAILED_PRECONDITION (another live
+  // process holds the segment), RESOURCE_EXHAUSTED (no room in /dev/shm),
+  // PERMISSION_DENIED (another user's segment), others naming the OS error.
   static absl::StatusOr<std::unique_ptr<CacheSegment>> OpenOrCreate(
       const std::string& name, uint64_t identity, int32_t n_ff,
       const std::vector<LayerSpec>& layers);
+
+  // "/dev/shm/<name>", the file behind segment `name`.
+  static std::string PathOf(const std::string& name);
+
+  // Unlinks the segments named `prefix`* other than `keep` that hold caches
+  // for `identity` and that no process holds (what engines with other
+  // settings for the same file left behind); others' files, live and
+  // foreign segments are skipped. Returns a note per removed segment
+  // ("NAME (N bytes)").
+  static std::vector<std::string> RemoveStale(const std::string& prefix,
+                                              uint64_t identity,
+                                              const std::string& keep);
 
   ~CacheSegment();
   CacheSegment(const CacheSegment&) = delete;
   CacheSegment& operator=(const CacheSegment&) = delete;
 
   // Whether OpenOrCreate found a matching segment (a warm start), and why
-  // not otherwise ("created", "another model", ...).
+  // not otherwise ("created", "discarded a segment of ...").
   bool attached() const { return attached_; }
   const std::string& how() const { return how_; }
   const std::string& name() const { return name_; }
@@ -55,7 +81,8 @@ class CacheSegment {
   int32_t used(int32_t l) const;
   // Records that slots [0, n) of layer l hold neurons ids[0..n) (copied).
   void Persist(int32_t l, const int32_t* ids, int32_t n);
-  // Unlinks the segment name (the mapping stays valid until destruction).
+  // Unlinks the segment name (the mapping and the lock stay valid until
+  // destruction; a later OpenOrCreate creates a new segment).
   void Remove();
 
  private:

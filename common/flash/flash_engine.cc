@@ -1,5 +1,7 @@
 #include "common/flash/flash_engine.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdlib>
 
@@ -7,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/flash/cache_segment.h"
 #include "common/flash/flash_source.h"
 #include "common/flash/layer_source.h"
 #include "common/flash/source_util.h"
@@ -126,6 +129,27 @@ absl::StatusOr<std::unique_ptr<FlashSource>> OpenFlashSource(
   }
   return absl::InvalidArgumentError(
       "mode resident reads the source model, not a .flash file");
+}
+
+std::string AutoCacheSegmentName(const FlashFile& file,
+                                 const SourceOptions& options) {
+  // splitmix64 over the fields, chained.
+  uint64_t h = 0x666c617368642d63ull;  // "flashd-c"
+  const auto mix = [&h](uint64_t v) {
+    uint64_t z = h ^ v;
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    h = z ^ (z >> 31);
+  };
+  mix(file.layout().identity);
+  mix(static_cast<uint64_t>(options.mode));
+  mix(options.dram_budget);
+  mix(options.predictor_bytes);
+  mix(static_cast<uint64_t>(options.window));
+  mix(kCacheSegmentVersion);
+  mix(static_cast<uint64_t>(::getuid()));
+  return absl::StrFormat("%s%016x", kAutoCacheSegmentPrefix, h);
 }
 
 std::unique_ptr<Model> ConfigOnlyModel(const FlashLayout& layout) {

@@ -56,10 +56,20 @@ struct SourceOptions {
   size_t max_read_bytes = size_t{256} << 10;
   // Cost model for coalescing reads (not owned; may be null).
   const io::IoProfile* profile = nullptr;
-  // Flash mode: a shared-memory segment name (e.g. "flashd-cache") for the
-  // neuron caches; a later engine for the same file and budget re-attaches
-  // and starts warm. Empty: private memory.
+  // Flash mode: a shared-memory segment name (e.g. "flashd-cache", see
+  // AutoCacheSegmentName) for the neuron caches; a later engine for the same
+  // file and budget re-attaches and starts warm. Empty: private memory. One
+  // process per segment: a segment held by a live process is an error
+  // (FAILED_PRECONDITION), never shared or overwritten.
   std::string cache_segment;
+  // cache_segment is AutoCacheSegmentName's: when it cannot be had for a
+  // reason other than another process holding it (no /dev/shm, no room
+  // there, another user's file), fall back to private memory and say why in
+  // FlashSource::cache_segment_state() instead of failing; once it is held,
+  // remove the unheld automatic segments of the same file that earlier
+  // settings left (CacheSegment::RemoveStale), so changing --dram-budget or
+  // --window does not strand memory in /dev/shm.
+  bool cache_segment_auto = false;
   // Opens the file the source reads (default: UringFile with O_DIRECT,
   // falling back to buffered reads where the filesystem refuses). Tests
   // pass fault-injecting files here.
@@ -101,6 +111,13 @@ class FlashSource : public WeightSource {
   const MemoryPlan& plan() const { return plan_; }
   // Whether reads bypass the page cache (O_DIRECT).
   bool direct_io() const { return direct_; }
+  // Flash mode: the neuron caches' shared-memory segment ("" when they are
+  // private) and how it was opened ("attached (warm)", "created",
+  // "discarded a segment of ..."); when a requested segment fell back to
+  // private memory, the name is "" and the state says why. Both "" for
+  // private caches and the other modes.
+  const std::string& cache_segment() const { return segment_name_; }
+  const std::string& cache_segment_state() const { return segment_state_; }
 
  protected:
   // Opens the file per `options` and starts the I/O thread with room for
@@ -112,7 +129,20 @@ class FlashSource : public WeightSource {
   MemoryPlan plan_;
   mutable SourceStats stats_;
   bool direct_ = false;
+  std::string segment_name_;
+  std::string segment_state_;
 };
+
+// The prefix of AutoCacheSegmentName's names.
+inline constexpr char kAutoCacheSegmentPrefix[] = "flashd-cache-";
+
+// A cache segment name for `file` under `options`: "flashd-cache-" and 16
+// hex digits hashing what sets the per-layer cache sizes (the file's
+// identity, mode, budget, predictor bytes), the window, the segment ABI
+// version and the user, so an engine restarted with the same settings
+// re-attaches and different settings or users do not collide.
+std::string AutoCacheSegmentName(const FlashFile& file,
+                                 const SourceOptions& options);
 
 // The smallest budget `mode` can run `file` in, with `predictor_bytes`.
 uint64_t MinimumBudget(const FlashFile& file, Mode mode,

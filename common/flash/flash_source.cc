@@ -208,8 +208,22 @@ class FlashModeSource final : public FlashSource {
       absl::StatusOr<std::unique_ptr<CacheSegment>> seg =
           CacheSegment::OpenOrCreate(options_.cache_segment, lay.identity,
                                      n_ff, specs);
-      if (!seg.ok()) return seg.status();
-      segment_ = std::move(*seg);
+      if (seg.ok()) {
+        segment_ = std::move(*seg);
+        segment_name_ = segment_->name();
+        segment_state_ = segment_->how();
+        if (options_.cache_segment_auto) {
+          for (const std::string& r : CacheSegment::RemoveStale(
+                   kAutoCacheSegmentPrefix, lay.identity, segment_name_)) {
+            absl::StrAppend(&segment_state_, "; removed stale ", r);
+          }
+        }
+      } else if (options_.cache_segment_auto &&
+                 seg.status().code() != absl::StatusCode::kFailedPrecondition) {
+        segment_state_ = absl::StrCat("private memory: ", seg.status().message());
+      } else {
+        return seg.status();
+      }
     }
     for (int32_t l = 0; l < n_layer; ++l) {
       const LayerLayout& ll = lay.layers[l];

@@ -77,11 +77,16 @@ TokenRingWriter::TokenRingWriter(std::unique_ptr<ShmSegment> segment,
       records_(reinterpret_cast<TokenRecord*>(segment_->data() +
                                               kTokenRingHeaderBytes)),
       capacity_(capacity),
-      session_id_(session_id) {}
+      session_id_(session_id) {
+  live_.fetch_add(1);
+}
+
+std::atomic<int64_t> TokenRingWriter::live_{0};
 
 TokenRingWriter::~TokenRingWriter() {
   if (!finished_ && broken_.ok()) (void)Finish(FinishReason::kAbandoned);
   if (!removed_) (void)Remove();
+  live_.fetch_sub(1);
 }
 
 absl::Status TokenRingWriter::CheckIntact() {

@@ -27,6 +27,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -92,6 +93,9 @@ class TokenRingWriter {
   // by the client, so untrusted).
   bool consumer_attached();
 
+  // Rings alive in this process (created and not yet destroyed).
+  static int64_t live_rings() { return live_.load(); }
+
   const std::string& name() const { return segment_->name(); }
   uint64_t session_id() const { return session_id_; }
   uint32_t capacity() const { return capacity_; }
@@ -119,6 +123,7 @@ class TokenRingWriter {
   bool removed_ = false;
   bool chowned_ = false;
   absl::Status broken_;
+  static std::atomic<int64_t> live_;
 };
 
 }  // namespace flashd::shm

@@ -55,8 +55,10 @@ struct Engine {
 
 // Declares --model, --tokenizer, --threads, --ctx, --batch, --kv-type and
 // the flash flags (--mode, --flash, --dram-budget, --window, --sparsity,
-// --sparsity-file, --io-profile) on `args`.
-void AddEngineFlags(Args& args);
+// --sparsity-file, --cache-shm, --io-profile) on `args`. `daemon`: the
+// defaults of flashd serve (--cache-shm auto: a restarted daemon starts
+// with a warm neuron cache); otherwise --cache-shm '' (private).
+void AddEngineFlags(Args& args, bool daemon = false);
 // Loads the model and builds the engine from those flags.
 absl::StatusOr<Engine> OpenEngine(const Args& args);
 

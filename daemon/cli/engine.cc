@@ -99,7 +99,7 @@ absl::Status OpenSparsity(const Args& args, const std::string& model_path,
 
 }  // namespace
 
-void AddEngineFlags(Args& args) {
+void AddEngineFlags(Args& args, bool daemon) {
   args.Flag("model", "",
             "model file: GGUF, llama2.c checkpoint, or .flash (required)")
       .Flag("tokenizer", "",
@@ -127,10 +127,14 @@ void AddEngineFlags(Args& args) {
             ".sparsity file is found, else off)")
       .Flag("sparsity-file", "",
             "sparsity profile (default: model with extension .sparsity)")
-      .Flag("cache-shm", "",
-            "flash mode: keep the neuron caches in this shared-memory "
-            "segment (/dev/shm/NAME) so a later run of the same file and "
-            "budget starts warm; empty: private memory")
+      .Flag("cache-shm", daemon ? "auto" : "",
+            "flash mode: keep the neuron caches in the shared-memory segment "
+            "/dev/shm/NAME so a restarted engine with the same file and "
+            "settings starts warm; auto: NAME = flashd-cache-<16 hex digits "
+            "of the file, budget, window and predictor> (private memory when "
+            "/dev/shm cannot hold it, or in the other modes); '': private "
+            "memory. One process per segment: a second one using it fails. "
+            "flashd serve defaults to auto, the other commands to ''")
       .Flag("io-profile", "",
             "I/O profile from calibrate-io for the read planner (default: "
             "<flash file>.ioprofile.json when present)");
@@ -251,6 +255,12 @@ absl::StatusOr<Engine> OpenEngine(const Args& args) {
     so.predictor_bytes = e.sparsity ? e.sparsity->PredictorBytes() : 0;
     so.window = static_cast<int32_t>(*window);
     so.cache_segment = args.Get("cache-shm");
+    if (so.cache_segment == "auto") {
+      so.cache_segment = e.mode == flash::Mode::kFlash
+                             ? flash::AutoCacheSegmentName(*e.flash_file, so)
+                             : "";
+      so.cache_segment_auto = true;
+    }
     so.profile = e.io_profile.get();
     if (e.io_profile != nullptr && e.io_profile->best_read_size > 0) {
       so.max_read_bytes = e.io_profile->best_read_size;

@@ -133,7 +133,7 @@ int ServeCommand(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
 
   Args args;
-  AddEngineFlags(args);
+  AddEngineFlags(args, /*daemon=*/true);
   AddServeFlags(args);
   std::vector<std::string> merged = {argv[0], argv[1]};
   if (const std::string config = FindConfigPath(argc, argv); !config.empty()) {
@@ -180,6 +180,22 @@ int ServeCommand(int argc, char** argv) {
   model.dram_budget = engine->dram_budget;
   engine->kv.reset();  // the server gives every session its own
 
+  // Flash mode: where the neuron cache lives and whether it started warm
+  // (read before the server's inference thread starts using the source).
+  std::string cache;
+  if (engine->mode == flash::Mode::kFlash && engine->source != nullptr) {
+    const flash::FlashSource& src = *engine->source;
+    if (!src.cache_segment().empty()) {
+      cache = absl::StrFormat("; neuron cache /dev/shm/%s (%s, %d neurons)",
+                              src.cache_segment(), src.cache_segment_state(),
+                              src.stats().warm_neurons);
+    } else {
+      cache = src.cache_segment_state().empty()
+                  ? "; neuron cache in private memory"
+                  : absl::StrCat("; neuron cache in ",
+                                 src.cache_segment_state());
+    }
+  }
   absl::StatusOr<std::unique_ptr<server::Server>> srv =
       server::Server::Start(model, *options);
   if (!srv.ok()) return Fail("serve", srv.status());
@@ -189,14 +205,14 @@ int ServeCommand(int argc, char** argv) {
                               .count();
   const std::string status = absl::StrFormat(
       "listening on %s%s; model %s (%s, mode %s), ctx %d, up to %d sessions, "
-      "KV budget %.1f MiB; ready in %.0f ms",
+      "KV budget %.1f MiB%s; ready in %.0f ms",
       (*srv)->address(),
       options->listen.empty() || options->socket_path.empty()
           ? ""
           : absl::StrCat(" and ", options->listen),
       model.path, model.type, model.mode, model.n_ctx,
       options->scheduler.max_sessions,
-      options->scheduler.kv_budget / 1048576.0, ready_ms);
+      options->scheduler.kv_budget / 1048576.0, cache, ready_ms);
   std::fprintf(stderr, "flashd serve: %s\n", status.c_str());
   notifier.Ready(status);
 

@@ -36,6 +36,9 @@ struct SessionEvent {
   Kind kind = Kind::kStarted;
   std::string session_id;      // kStarted
   int32_t prompt_tokens = 0;   // kStarted
+  std::string shm_name;        // kStarted: the token ring, if any
+  uint64_t shm_bytes = 0;      // kStarted
+  uint64_t shm_session_id = 0; // kStarted
   int32_t token_id = 0;        // kToken
   int32_t index = 0;           // kToken: among generated tokens, from 0
   std::string text;            // kToken: complete UTF-8 (may be empty)

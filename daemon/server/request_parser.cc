@@ -70,9 +70,8 @@ absl::StatusOr<SessionRequest> ParseGenerateRequest(
     case v1::STREAM:
       break;
     case v1::SHARED_MEMORY:
-      return absl::FailedPreconditionError(
-          "delivery SHARED_MEMORY: shared-memory delivery is not built yet; "
-          "omit delivery (or use STREAM) for tokens in the stream");
+      out.shared_memory = true;  // the service checks the peer is local
+      break;
     default:
       return Invalid(absl::StrCat("delivery ", static_cast<int>(r.delivery()),
                                   " is not a Delivery value"));

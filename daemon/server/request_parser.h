@@ -1,6 +1,6 @@
 // Validation and conversion of flashd.v1 requests into native types. Every
-// error is INVALID_ARGUMENT (FAILED_PRECONDITION for a delivery the server
-// cannot do yet) and names the field: "sampling.top_p 2 must be in (0, 1]".
+// error is INVALID_ARGUMENT and names the field: "sampling.top_p 2 must be
+// in (0, 1]".
 #ifndef FLASHD_DAEMON_SERVER_REQUEST_PARSER_H_
 #define FLASHD_DAEMON_SERVER_REQUEST_PARSER_H_
 

@@ -10,6 +10,9 @@
 namespace flashd::server {
 namespace {
 
+// How long the ring of a finished session waits for its client to attach.
+constexpr auto kRingLinger = std::chrono::seconds(10);
+
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              Clock::now().time_since_epoch())
@@ -48,7 +51,8 @@ uint64_t Scheduler::KvBytesFor(const SessionRequest& request) const {
 }
 
 absl::Status Scheduler::Enqueue(SessionRequest request,
-                                std::shared_ptr<EventChannel> channel) {
+                                std::shared_ptr<EventChannel> channel,
+                                std::unique_ptr<shm::TokenRingWriter> ring) {
   const uint64_t need = KvBytesFor(request);
   if (need > options_.kv_budget) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -63,7 +67,7 @@ absl::Status Scheduler::Enqueue(SessionRequest request,
   }
   auto session = std::make_unique<Session>(
       absl::StrCat(id_prefix_, next_id_++), std::move(request),
-      std::move(channel), Clock::now());
+      std::move(channel), std::move(ring), Clock::now());
   if (queue_.empty() && active_count_ < options_.max_sessions &&
       kv_reserved_ + need <= options_.kv_budget) {
     ++active_count_;
@@ -105,6 +109,7 @@ void Scheduler::Run() {
       std::unique_lock<std::mutex> lock(mu_);
       while (!stop_ && admitted_.empty() && active_.empty()) {
         progress_ns_ = NowNs();  // idle is healthy
+        SweepRings();
         cv_.wait_for(lock, std::chrono::seconds(1));
       }
       if (stop_) break;
@@ -130,58 +135,81 @@ void Scheduler::Round() {
   uint64_t freed = 0;
   int32_t ended = 0;
   Forward& forward = *model_.forward;
-  // Sessions still in their prompt run a chunk each; every session already
-  // decoding joins one EvalSteps pass (in groups of the forward's batch),
-  // so each weight -- and each neuron read from flash -- serves them all.
-  batch_.clear();
-  steps_.clear();
+  const int32_t max_rows = forward.max_batch();
+  // Every session takes one step per round, all in as few EvalSteps passes
+  // as max_batch allows: decoding sessions one token each, sessions in
+  // their prompt a chunk of what rows are left. So each weight -- and each
+  // neuron read from flash -- serves every session in the pass, prompts
+  // included.
   std::vector<bool>& done = done_;
   done.assign(active_.size(), false);
-  for (size_t i = 0; i < active_.size(); ++i) {
-    Session& s = *active_[i];
-    if (s.cancelled()) {
-      done[i] = true;
-    } else if (!s.decoding()) {
-      const int32_t before = s.generated();
-      done[i] = s.Step(forward, *model_.tokenizer, stop_at_bos_);
-      tokens += s.generated() - before;
-    } else {
-      batch_.push_back(i);
+  batch_.clear();
+  for (int pass = 0; pass < 2; ++pass) {  // decoding sessions first
+    for (size_t i = 0; i < active_.size(); ++i) {
+      if (active_[i]->cancelled()) {
+        done[i] = true;
+      } else if (active_[i]->decoding() == (pass == 0)) {
+        batch_.push_back(i);
+      }
     }
   }
-  for (size_t b0 = 0; b0 < batch_.size(); b0 += forward.max_batch()) {
-    const size_t b1 = std::min(batch_.size(), b0 + forward.max_batch());
+  size_t next = 0;
+  while (next < batch_.size()) {
     steps_.clear();
-    for (size_t b = b0; b < b1; ++b) {
-      steps_.push_back(active_[batch_[b]]->DecodeStep());
+    const size_t first = next;
+    int32_t rows = 0;
+    while (next < batch_.size() && rows < max_rows) {
+      steps_.push_back(active_[batch_[next]]->NextStep(max_rows - rows));
+      rows += static_cast<int32_t>(steps_.back().tokens.size());
+      ++next;
     }
-    absl::Status st = forward.EvalSteps(steps_);
-    for (size_t b = b0; b < b1; ++b) {
+    const absl::Status st = forward.EvalSteps(steps_);
+    for (size_t b = first; b < next; ++b) {
       Session& s = *active_[batch_[b]];
       if (!st.ok()) {
         s.Fail(st);
         done[batch_[b]] = true;
         continue;
       }
-      done[batch_[b]] = s.FinishBatchedStep(
-          forward, static_cast<int32_t>(b - b0), *model_.tokenizer,
-          stop_at_bos_);
-      ++tokens;
+      const int32_t before = s.generated();
+      done[batch_[b]] = s.CompleteStep(forward, static_cast<int32_t>(b - first),
+                                       *model_.tokenizer, stop_at_bos_);
+      tokens += s.generated() - before;
     }
   }
   for (size_t i = 0; i < active_.size(); ++i) {
     if (!done[i]) continue;
     freed += KvBytesFor(active_[i]->request());
+    ReleaseRing(*active_[i]);
     active_[i].reset();  // frees its KV cache now
     ++ended;
   }
   std::erase(active_, nullptr);
+  SweepRings();
   RefreshSourceStats();
   std::lock_guard<std::mutex> lock(mu_);
   active_count_ -= ended;
   kv_reserved_ -= freed;
   stats_.tokens_generated += tokens;
   PromoteLocked();
+}
+
+void Scheduler::ReleaseRing(Session& session) {
+  std::unique_ptr<shm::TokenRingWriter> ring = session.TakeRing();
+  // Only a generation that ran to its Done waits for its reader: the
+  // channel may already look cancelled then (the stream finished), so
+  // that is not asked.
+  if (ring == nullptr || !session.completed() || ring->consumer_attached()) {
+    return;  // destroyed here: finished (or abandoned) and unlinked
+  }
+  lingering_.push_back({std::move(ring), Clock::now() + kRingLinger});
+}
+
+void Scheduler::SweepRings() {
+  const Clock::time_point now = Clock::now();
+  std::erase_if(lingering_, [now](const LingeringRing& r) {
+    return now >= r.until || r.ring->consumer_attached();
+  });
 }
 
 void Scheduler::RefreshSourceStats() {
@@ -200,6 +228,7 @@ void Scheduler::RefreshSourceStats() {
   stats_.cache_hit_rate = hit;
   stats_.flash_bytes_per_token = per_token;
   stats_.read_mb_s = mb_s;
+  stats_.cache_warm_neurons = st.warm_neurons;
 }
 
 void Scheduler::Stop() {
@@ -219,6 +248,7 @@ void Scheduler::Stop() {
   }
   for (std::unique_ptr<Session>& s : queue_) s->Fail(gone);
   queue_.clear();
+  lingering_.clear();
   active_count_ = 0;
   kv_reserved_ = 0;
 }

@@ -2,11 +2,11 @@
 // source and neuron cache) and every session's KV cache. gRPC handlers only
 // Enqueue; the thread admits sessions in arrival order within
 // --max-sessions and the KV budget, and runs rounds: each round advances
-// every active session by one step. Sessions still in their prompt run one
-// prompt chunk each (Forward::Eval); all sessions that are decoding run
-// together as one batch (Forward::EvalSteps: one token per session, each on
-// its own KV cache), so a round reads each weight -- and each neuron missing
-// from the flash cache -- once for all of them.
+// every active session by one step, all of them in one Forward::EvalSteps
+// pass (several when their tokens exceed --batch): one token per decoding
+// session, a prompt chunk per session still in its prompt, each on its own
+// KV cache. So a round reads each weight -- and each neuron missing from
+// the flash cache -- once for all of them.
 #ifndef FLASHD_DAEMON_SERVER_SCHEDULER_H_
 #define FLASHD_DAEMON_SERVER_SCHEDULER_H_
 
@@ -65,6 +65,7 @@ struct SchedulerStats {
   double cache_hit_rate = 0;
   double flash_bytes_per_token = 0;
   double read_mb_s = 0;
+  uint64_t cache_warm_neurons = 0;  // taken back from the cache segment
 };
 
 class Scheduler {
@@ -76,11 +77,13 @@ class Scheduler {
   // Starts the inference thread.
   void Start();
 
-  // Queues a validated request; its events go to `channel`. Errors:
-  // RESOURCE_EXHAUSTED when the queue is full or the request's KV cache
-  // alone exceeds the budget; UNAVAILABLE after Stop().
+  // Queues a validated request; its events go to `channel`, and its tokens
+  // to `ring` when given (shared-memory delivery; freed with the session).
+  // Errors: RESOURCE_EXHAUSTED when the queue is full or the request's KV
+  // cache alone exceeds the budget; UNAVAILABLE after Stop().
   absl::Status Enqueue(SessionRequest request,
-                       std::shared_ptr<EventChannel> channel);
+                       std::shared_ptr<EventChannel> channel,
+                       std::unique_ptr<shm::TokenRingWriter> ring = nullptr);
 
   // Ends every session still running with UNAVAILABLE and joins the
   // thread. Call after the gRPC server stopped delivering requests.
@@ -100,6 +103,12 @@ class Scheduler {
   // Runs one round over active_; frees ended sessions.
   void Round();
   void RefreshSourceStats();
+  // Frees the ring of an ended session, or keeps it (lingering_) when its
+  // client has not attached yet: a short generation can end before the
+  // client has read Started, and its tokens must still be there then.
+  void ReleaseRing(Session& session);
+  // Frees lingering rings whose client attached or whose time is up.
+  void SweepRings();
 
   const ServedModel model_;
   const SchedulerOptions options_;
@@ -118,11 +127,16 @@ class Scheduler {
 
   // Inference thread only.
   std::vector<std::unique_ptr<Session>> active_;
-  // Round scratch (inference thread): sessions decoding this round, their
-  // steps, which sessions ended.
+  // Round scratch (inference thread): sessions in this round's passes (in
+  // pass order), the steps of one pass, which sessions ended.
   std::vector<size_t> batch_;
   std::vector<Forward::Step> steps_;
   std::vector<bool> done_;
+  struct LingeringRing {
+    std::unique_ptr<shm::TokenRingWriter> ring;
+    Clock::time_point until;
+  };
+  std::vector<LingeringRing> lingering_;
   std::thread thread_;
   std::atomic<int64_t> progress_ns_{0};
   const std::string id_prefix_;

@@ -119,8 +119,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   grpc::ServerBuilder builder;
   std::string where;
   if (!options.socket_path.empty()) {
+    // We accept on the Unix socket ourselves (see unix_listener.h): mode
+    // 0660 from bind() on, and the peer's credentials for every call.
+    absl::StatusOr<std::unique_ptr<UnixListener>> listener =
+        UnixListener::Listen(options.socket_path, 0660);
+    if (!listener.ok()) return listener.status();
+    server->listener_ = std::move(*listener);
     server->address_ = absl::StrCat("unix:", options.socket_path);
-    builder.AddListeningPort(server->address_, grpc::InsecureServerCredentials());
     where = server->address_;
   }
   int tcp_port = 0;
@@ -131,19 +136,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     absl::StrAppend(&where, where.empty() ? "" : " and ", options.listen);
   }
   builder.RegisterService(server->service_.get());
-  // The socket is created by bind(): no moment with wider permissions.
-  const mode_t old_umask = ::umask(0117);
   server->server_ = builder.BuildAndStart();
-  ::umask(old_umask);
   if (server->server_ == nullptr ||
       (!options.listen.empty() && tcp_port == 0)) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", where, " (see gRPC's message above)"));
-  }
-  if (!options.socket_path.empty() &&
-      ::chmod(options.socket_path.c_str(), 0660) != 0) {
-    return FileErrnoStatus(errno,
-                           absl::StrCat("cannot chmod ", options.socket_path));
   }
   grpc::HealthCheckServiceInterface* health =
       server->server_->GetHealthCheckService();
@@ -152,6 +149,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     health->SetServingStatus(v1::Flashd::service_full_name(), true);
   }
   server->scheduler_->Start();
+  if (server->listener_ != nullptr) server->listener_->Start(server->server_.get());
   return server;
 }
 
@@ -160,6 +158,7 @@ Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
 void Server::Shutdown(std::chrono::milliseconds drain) {
   if (shut_down_) return;
   shut_down_ = true;
+  if (listener_ != nullptr) listener_->Stop();  // no new connections
   if (server_ != nullptr) {
     if (grpc::HealthCheckServiceInterface* health =
             server_->GetHealthCheckService()) {

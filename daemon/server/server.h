@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "daemon/server/scheduler.h"
 #include "daemon/server/service.h"
+#include "daemon/server/unix_listener.h"
 #include "grpcpp/grpcpp.h"
 
 namespace flashd::server {
@@ -52,6 +53,7 @@ class Server {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<FlashdService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<UnixListener> listener_;  // null without a socket
   std::string address_;
   bool shut_down_ = false;
 };

@@ -2,6 +2,10 @@
 
 #include <memory>
 #include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/shm/token_ring_layout.h"
+#include "daemon/server/unix_listener.h"
 #include <utility>
 #include <vector>
 
@@ -26,6 +30,11 @@ void ToProto(const SessionEvent& e, v1::GenerateEvent* out) {
       v1::Started* s = out->mutable_started();
       s->set_session_id(e.session_id);
       s->set_prompt_tokens(e.prompt_tokens);
+      if (!e.shm_name.empty()) {
+        s->set_shm_name(e.shm_name);
+        s->set_shm_bytes(e.shm_bytes);
+        s->set_shm_session_id(e.shm_session_id);
+      }
       break;
     }
     case SessionEvent::Kind::kToken: {
@@ -123,7 +132,16 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
   absl::StatusOr<SessionRequest> parsed =
       ParseGenerateRequest(*request, *model_.tokenizer, limits_);
   absl::Status status = parsed.status();
-  if (status.ok()) status = scheduler_->Enqueue(std::move(*parsed), channel);
+  std::unique_ptr<shm::TokenRingWriter> ring;
+  if (status.ok() && parsed->shared_memory) {
+    absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> made =
+        MakeRing(context->peer(), *parsed);
+    status = made.status();
+    if (made.ok()) ring = std::move(*made);
+  }
+  if (status.ok()) {
+    status = scheduler_->Enqueue(std::move(*parsed), channel, std::move(ring));
+  }
   if (!status.ok()) {
     SessionEvent error;
     error.kind = SessionEvent::Kind::kError;
@@ -131,6 +149,36 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
     channel->Push(std::move(error));
   }
   return reactor;
+}
+
+absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(
+    const std::string& peer, const SessionRequest& request) {
+  absl::StatusOr<PeerCredentials> cred = PeerOf(peer);
+  if (!cred.ok()) return cred.status();
+  const uint64_t ring_id = next_ring_id_.fetch_add(1);
+  absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> ring =
+      shm::TokenRingWriter::Create(shm::MakeTokenRingName(ring_id),
+                                   RingCapacityFor(request), ring_id, cred->uid);
+  if (!ring.ok()) {
+    return absl::Status(ring.status().code(),
+                        absl::StrCat("shared-memory delivery for uid ", cred->uid,
+                                     ": ", ring.status().message()));
+  }
+  return ring;
+}
+
+uint32_t RingCapacityFor(const SessionRequest& request) {
+  // Every generated token takes one record (48 bytes of text; Llama pieces
+  // are far shorter) and text held back by stop strings comes out at most
+  // once per stop string: twice the tokens plus slack never fills, so the
+  // inference thread never waits for a slow reader.
+  uint64_t want = 2ull * static_cast<uint64_t>(request.max_tokens) + 64;
+  for (const std::string& s : request.stop) {
+    want += shm::RecordsForText(s.size());
+  }
+  uint32_t capacity = 64;
+  while (capacity < want && capacity < shm::kMaxRingCapacity) capacity *= 2;
+  return capacity;
 }
 
 grpc::ServerUnaryReactor* FlashdService::Tokenize(
@@ -187,7 +235,12 @@ grpc::ServerUnaryReactor* FlashdService::GetStats(
   response->set_cache_hit_rate(s.cache_hit_rate);
   response->set_flash_bytes_per_token(s.flash_bytes_per_token);
   response->set_read_mb_s(s.read_mb_s);
-  response->set_shm_segments(0);  // shared-memory delivery is not built yet
+  response->set_shm_segments(shm::TokenRingWriter::live_rings());
+  if (model_.source != nullptr) {
+    response->set_cache_segment(model_.source->cache_segment());
+    response->set_cache_segment_state(model_.source->cache_segment_state());
+    response->set_cache_warm_neurons(s.cache_warm_neurons);
+  }
   response->set_uptime_s(std::chrono::duration<double>(
                              std::chrono::steady_clock::now() - started_)
                              .count());

@@ -6,9 +6,15 @@
 #ifndef FLASHD_DAEMON_SERVER_SERVICE_H_
 #define FLASHD_DAEMON_SERVER_SERVICE_H_
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/shm/token_ring_writer.h"
 #include "daemon/server/request_parser.h"
 #include "daemon/server/scheduler.h"
 #include "flashd/v1/flashd.grpc.pb.h"
@@ -19,15 +25,22 @@ namespace flashd::server {
 // absl::Status -> grpc::Status (same code and message).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// Records of the token ring of `request`: enough that the generation can
+// never fill it (a power of two).
+uint32_t RingCapacityFor(const SessionRequest& request);
+
 class FlashdService final : public v1::Flashd::CallbackService {
  public:
   // `model` and `scheduler` must outlive the service.
   FlashdService(const ServedModel& model, Scheduler* scheduler,
                 int32_t default_max_tokens = 256);
 
-  // Streams Started, one TokenEvent per generated token, then Done. The
-  // reactor's OnCancel/OnDone cancels the session; the inference thread
-  // frees its KV cache before its next step.
+  // Streams Started, one TokenEvent per generated token, then Done. With
+  // delivery SHARED_MEMORY the tokens go to a ring created here for the
+  // calling uid (from SO_PEERCRED; FAILED_PRECONDITION off the Unix socket)
+  // and Started names it. The reactor's OnCancel/OnDone cancels the
+  // session; the inference thread frees its KV cache and ring before its
+  // next step.
   grpc::ServerWriteReactor<v1::GenerateEvent>* Generate(
       grpc::CallbackServerContext* context,
       const v1::GenerateRequest* request) override;
@@ -47,10 +60,15 @@ class FlashdService final : public v1::Flashd::CallbackService {
                                      v1::Stats* response) override;
 
  private:
+  // A ring for the client of the call from `peer`.
+  absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> MakeRing(
+      const std::string& peer, const SessionRequest& request);
+
   const ServedModel& model_;
   Scheduler* scheduler_;
   RequestLimits limits_;
   const std::chrono::steady_clock::time_point started_;
+  std::atomic<uint64_t> next_ring_id_{1};
 };
 
 }  // namespace flashd::server

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 
 namespace flashd::server {
@@ -12,14 +13,30 @@ double Ms(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+shm::FinishReason RingReason(FinishReason r) {
+  switch (r) {
+    case FinishReason::kEos:
+    case FinishReason::kStopString:
+      return shm::FinishReason::kStop;
+    case FinishReason::kMaxTokens:
+    case FinishReason::kContextFull:
+      return shm::FinishReason::kLength;
+    case FinishReason::kCancelled:
+      return shm::FinishReason::kCancelled;
+  }
+  return shm::FinishReason::kError;
+}
+
 }  // namespace
 
 Session::Session(std::string id, SessionRequest request,
                  std::shared_ptr<EventChannel> channel,
+                 std::unique_ptr<shm::TokenRingWriter> ring,
                  Clock::time_point enqueued)
     : id_(std::move(id)),
       request_(std::move(request)),
       channel_(std::move(channel)),
+      ring_(std::move(ring)),
       stop_(request_.stop),
       enqueued_(enqueued) {}
 
@@ -39,44 +56,46 @@ void Session::Admit(const ModelConfig& config, int32_t n_ctx, KvType kv_type) {
   started.kind = SessionEvent::Kind::kStarted;
   started.session_id = id_;
   started.prompt_tokens = static_cast<int32_t>(request_.prompt.size());
+  if (ring_ != nullptr) {
+    started.shm_name = ring_->name();
+    started.shm_bytes = shm::TokenRingSegmentBytes(ring_->capacity());
+    started.shm_session_id = ring_->session_id();
+  }
   channel_->Push(std::move(started));
 }
 
 void Session::Fail(const absl::Status& status) {
+  if (ring_ != nullptr && !ring_->finished()) {
+    (void)ring_->Finish(status.code() == absl::StatusCode::kUnavailable
+                            ? shm::FinishReason::kShutdown
+                            : shm::FinishReason::kError);
+  }
   SessionEvent e;
   e.kind = SessionEvent::Kind::kError;
   e.error = status;
   channel_->Push(std::move(e));
 }
 
-bool Session::Step(Forward& forward, const Tokenizer& tokenizer,
-                   bool stop_at_bos) {
-  const size_t n_prompt = request_.prompt.size();
-  absl::Span<const int32_t> tokens;
-  if (prompt_done_ < n_prompt) {
-    if (prompt_done_ == 0) started_ = Clock::now();
-    const size_t m = std::min<size_t>(forward.max_batch(), n_prompt - prompt_done_);
-    tokens = absl::MakeConstSpan(request_.prompt.data() + prompt_done_, m);
-  } else {
-    tokens = absl::MakeConstSpan(&history_.back(), 1);
+Forward::Step Session::NextStep(int32_t max_tokens) {
+  if (decoding()) {
+    in_flight_ = 0;
+    return {kv_.get(), absl::MakeConstSpan(&history_.back(), 1)};
   }
-  // Prompt chunks run per session; decode steps of several sessions share
-  // one pass through Scheduler (EvalSteps + FinishBatchedStep).
-  absl::Status s = forward.Eval(*kv_, tokens, /*all_logits=*/false);
-  if (!s.ok()) {
-    Fail(s);
-    return true;
-  }
-  if (prompt_done_ < n_prompt) {
-    prompt_done_ += tokens.size();
-    if (prompt_done_ < n_prompt) return false;
-    prefilled_ = Clock::now();
-  }
-  return SampleAndSend(forward, 0, tokenizer, stop_at_bos);
+  if (prompt_done_ == 0) started_ = Clock::now();
+  in_flight_ = std::min<size_t>(std::max(max_tokens, 1),
+                                request_.prompt.size() - prompt_done_);
+  return {kv_.get(),
+          absl::MakeConstSpan(request_.prompt.data() + prompt_done_, in_flight_)};
 }
 
-bool Session::FinishBatchedStep(Forward& forward, int32_t row,
-                                const Tokenizer& tokenizer, bool stop_at_bos) {
+bool Session::CompleteStep(Forward& forward, int32_t row,
+                           const Tokenizer& tokenizer, bool stop_at_bos) {
+  if (in_flight_ > 0) {
+    prompt_done_ += in_flight_;
+    in_flight_ = 0;
+    if (!decoding()) return false;
+    prefilled_ = Clock::now();
+  }
   return SampleAndSend(forward, row, tokenizer, stop_at_bos);
 }
 
@@ -115,15 +134,28 @@ bool Session::SampleAndSend(Forward& forward, int32_t row,
   }
   // The token that ends the generation (EOS, or the one completing a stop
   // string) is sent too, so ids match `flashd run --ids`.
-  SessionEvent token;
-  token.kind = SessionEvent::Kind::kToken;
-  token.token_id = next;
-  token.index = index;
-  token.text = std::move(text);
-  channel_->Push(std::move(token));
+  if (!SendToken(next, index, std::move(text))) return true;
   if (!reason.has_value()) return false;
   SendDone(*reason);
   return true;
+}
+
+bool Session::SendToken(int32_t id, int32_t index, std::string text) {
+  if (ring_ == nullptr) {
+    SessionEvent token;
+    token.kind = SessionEvent::Kind::kToken;
+    token.token_id = id;
+    token.index = index;
+    token.text = std::move(text);
+    channel_->Push(std::move(token));
+    return true;
+  }
+  const absl::Status s = ring_->Push(id, static_cast<uint32_t>(index), text);
+  if (s.ok()) return true;
+  // RingCapacityFor makes a full ring impossible; a broken one (the client
+  // truncated its segment) ends this session only.
+  Fail(absl::Status(s.code(), absl::StrCat("session ", id_, ": ", s.message())));
+  return false;
 }
 
 void Session::SendDone(FinishReason reason) {
@@ -138,6 +170,8 @@ void Session::SendDone(FinishReason reason) {
   t.decode_ms = Ms(first_token_, now);
   t.prompt_tokens = static_cast<int32_t>(request_.prompt.size());
   t.generated_tokens = generated_;
+  if (ring_ != nullptr) (void)ring_->Finish(RingReason(reason));
+  completed_ = true;
   channel_->Push(std::move(done));
 }
 

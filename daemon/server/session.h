@@ -14,6 +14,7 @@
 #include "common/engine/forward.h"
 #include "common/engine/kv_cache.h"
 #include "common/engine/sampler.h"
+#include "common/shm/token_ring_writer.h"
 #include "common/tokenizer/tokenizer.h"
 #include "daemon/server/event_channel.h"
 #include "daemon/server/stop_matcher.h"
@@ -26,14 +27,21 @@ struct SessionRequest {
   SamplingParams sampling;      // validated
   int32_t max_tokens = 256;     // > 0
   std::vector<std::string> stop;  // non-empty strings
+  bool shared_memory = false;   // tokens go to a ring, not the stream
 };
 
 using Clock = std::chrono::steady_clock;
 
+// With a token ring (shared-memory delivery) the tokens go to the ring and
+// the channel carries only Started (naming the ring) and Done or the error;
+// the ring is finished before Done is sent and unlinked when the session
+// is destroyed.
 class Session {
  public:
   Session(std::string id, SessionRequest request,
-          std::shared_ptr<EventChannel> channel, Clock::time_point enqueued);
+          std::shared_ptr<EventChannel> channel,
+          std::unique_ptr<shm::TokenRingWriter> ring,
+          Clock::time_point enqueued);
 
   // KV positions this request can use: prompt + max_tokens, at most n_ctx.
   static int32_t ContextFor(const SessionRequest& request, int32_t n_ctx);
@@ -42,27 +50,30 @@ class Session {
   // ContextFor(n_ctx) positions and sends Started.
   void Admit(const ModelConfig& config, int32_t n_ctx, KvType kv_type);
 
-  // One step: evaluates the next prompt chunk (at most forward.max_batch()
-  // tokens) or the last sampled token; once the prompt is evaluated, samples
-  // one token and sends it. Returns true when the session has ended (Done
-  // or an error was sent). `stop_at_bos`: BOS also ends the generation
-  // (llama2.c models end stories with it).
-  bool Step(Forward& forward, const Tokenizer& tokenizer, bool stop_at_bos);
-
-  // Whether the prompt is evaluated, so the next step is one decode token
-  // that can share a Forward::EvalSteps pass with other sessions.
+  // The session's next step, to run in a Forward::EvalSteps pass with
+  // other sessions' steps: the next prompt chunk (at most `max_tokens`
+  // tokens, >= 1) or, once the prompt is evaluated, the last sampled token.
+  Forward::Step NextStep(int32_t max_tokens);
+  // Whether NextStep is one decoded token.
   bool decoding() const { return prompt_done_ == request_.prompt.size(); }
-  // That step: this session's cache and its last token.
-  Forward::Step DecodeStep() { return {kv_.get(), history_.back()}; }
-  // After EvalSteps ran DecodeStep() as row `row`: samples and sends the
-  // next token. Returns true when the session is finished.
-  bool FinishBatchedStep(Forward& forward, int32_t row,
-                         const Tokenizer& tokenizer, bool stop_at_bos);
+  // After EvalSteps ran NextStep() as step `row` successfully: advances the
+  // prompt, and once it is evaluated samples and sends the next token.
+  // Returns true when the session has ended (Done or an error was sent).
+  // `stop_at_bos`: BOS also ends the generation (llama2.c models end
+  // stories with it).
+  bool CompleteStep(Forward& forward, int32_t row, const Tokenizer& tokenizer,
+                    bool stop_at_bos);
 
+  // Done was sent: the generation ran to its end.
+  bool completed() const { return completed_; }
   // The client went away or cancelled: the caller should free the session.
   bool cancelled() const { return channel_->cancelled(); }
   // Sends an error as the stream's final status (e.g. on shutdown).
   void Fail(const absl::Status& status);
+
+  // The session's token ring, for the scheduler to keep until the client
+  // has attached (null without shared-memory delivery).
+  std::unique_ptr<shm::TokenRingWriter> TakeRing() { return std::move(ring_); }
 
   const std::string& id() const { return id_; }
   int32_t generated() const { return generated_; }
@@ -74,18 +85,24 @@ class Session {
   bool SampleAndSend(Forward& forward, int32_t row, const Tokenizer& tokenizer,
                      bool stop_at_bos);
   void SendDone(FinishReason reason);
+  // Sends one token to the ring or the channel; false (after failing the
+  // session) when the ring cannot take it.
+  bool SendToken(int32_t id, int32_t index, std::string text);
 
   const std::string id_;
   const SessionRequest request_;
   std::shared_ptr<EventChannel> channel_;
+  std::unique_ptr<shm::TokenRingWriter> ring_;  // null: tokens in the stream
   std::unique_ptr<KvCache> kv_;
   std::optional<Sampler> sampler_;
   std::vector<int32_t> history_;  // prompt + generated
   Utf8Streamer utf8_;
   StopMatcher stop_;
   size_t prompt_done_ = 0;  // prompt tokens evaluated
+  size_t in_flight_ = 0;    // prompt tokens of the step NextStep gave
   int32_t prev_ = 0;        // last token (for TokenBytes' leading space)
   int32_t generated_ = 0;
+  bool completed_ = false;
 
   Clock::time_point enqueued_;
   Clock::time_point started_;  // first forward pass

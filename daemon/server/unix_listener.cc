@@ -1,0 +1,118 @@
+#include "daemon/server/unix_listener.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdint>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/base/errno_status.h"
+#include "grpcpp/server_posix.h"
+
+namespace flashd::server {
+
+absl::StatusOr<PeerCredentials> PeerOf(const std::string& peer) {
+  int fd = -1;
+  if (!absl::StartsWith(peer, "fd:") || !absl::SimpleAtoi(peer.substr(3), &fd) ||
+      fd < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shared-memory delivery is for clients on the daemon's Unix socket; "
+        "this call came from ", peer, ": use delivery STREAM"));
+  }
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return FileErrnoStatus(errno, absl::StrCat("SO_PEERCRED of ", peer));
+  }
+  return PeerCredentials{cred.pid, cred.uid, cred.gid};
+}
+
+absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Listen(
+    const std::string& path, mode_t mode) {
+  sockaddr_un addr{};
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path '", path, "' is too long or empty"));
+  }
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return FileErrnoStatus(errno, "socket(AF_UNIX)");
+  // bind() creates the file: under this umask it never has wider bits.
+  const mode_t old_umask = ::umask(~mode & 0777);
+  const int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  const int bind_err = errno;
+  ::umask(old_umask);
+  if (rc != 0) {
+    ::close(fd);
+    return FileErrnoStatus(bind_err, absl::StrCat("cannot bind ", path));
+  }
+  if (::chmod(path.c_str(), mode) != 0 || ::listen(fd, SOMAXCONN) != 0) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(path.c_str());
+    return FileErrnoStatus(err, absl::StrCat("cannot listen on ", path));
+  }
+  const int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake < 0) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(path.c_str());
+    return FileErrnoStatus(err, "eventfd");
+  }
+  return std::unique_ptr<UnixListener>(new UnixListener(fd, wake));
+}
+
+UnixListener::~UnixListener() {
+  Stop();
+  ::close(fd_);
+  ::close(wake_fd_);
+}
+
+void UnixListener::Start(grpc::Server* server) {
+  thread_ = std::thread([this, server] { Run(server); });
+}
+
+void UnixListener::Stop() {
+  if (!thread_.joinable()) return;
+  const uint64_t one = 1;
+  (void)!::write(wake_fd_, &one, sizeof(one));
+  thread_.join();
+}
+
+void UnixListener::Run(grpc::Server* server) {
+  pollfd fds[2] = {{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  while (true) {
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      std::fprintf(stderr, "flashd serve: poll on the socket: %s\n",
+                   std::strerror(errno));
+      return;
+    }
+    if (fds[1].revents != 0) return;  // Stop()
+    // gRPC's endpoints need non-blocking descriptors.
+    const int conn = ::accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (conn < 0) {
+      const int err = errno;
+      if (err == EAGAIN || err == EINTR || err == ECONNABORTED) continue;
+      // Out of descriptors or memory: say so, let the pressure pass, and
+      // keep serving the connections we have.
+      std::fprintf(stderr, "flashd serve: accept: %s\n", std::strerror(err));
+      ::poll(fds + 1, 1, 100);
+      continue;
+    }
+    grpc::AddInsecureChannelFromFd(server, conn);
+    accepted_.fetch_add(1);
+  }
+}
+
+}  // namespace flashd::server

@@ -1,0 +1,69 @@
+// The daemon's Unix-socket listener. flashd accepts local connections
+// itself and hands each one to gRPC (grpc::AddInsecureChannelFromFd), so it
+// knows, for every call, the kernel's credentials of the process on the
+// other end (SO_PEERCRED): shared-memory delivery gives a session's ring to
+// exactly that uid. gRPC names such a connection's peer "fd:<N>"; PeerOf
+// maps a call back to its socket. The descriptor stays open as long as the
+// connection, and a call in progress keeps its connection, so the lookup
+// during a handler is sound.
+#ifndef FLASHD_DAEMON_SERVER_UNIX_LISTENER_H_
+#define FLASHD_DAEMON_SERVER_UNIX_LISTENER_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+
+namespace flashd::server {
+
+// Who is on the other end of a local connection, as the kernel says.
+struct PeerCredentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// The credentials of the client of a call whose context->peer() is
+// `peer`. FAILED_PRECONDITION when the call did not come through the Unix
+// socket (TCP clients are remote: no shared memory for them).
+absl::StatusOr<PeerCredentials> PeerOf(const std::string& peer);
+
+class UnixListener {
+ public:
+  // Binds `path` (which PrepareSocketPath made free) with `mode` from the
+  // start (umask during bind) and listens. Errors name the path.
+  static absl::StatusOr<std::unique_ptr<UnixListener>> Listen(
+      const std::string& path, mode_t mode);
+  // Stop(), then closes the socket.
+  ~UnixListener();
+  UnixListener(const UnixListener&) = delete;
+  UnixListener& operator=(const UnixListener&) = delete;
+
+  // Accepts connections on a thread of its own and gives them to `server`
+  // (started; must outlive Stop()).
+  void Start(grpc::Server* server);
+  // Stops accepting (connections already handed over stay with gRPC).
+  void Stop();
+
+  // Connections accepted so far.
+  uint64_t accepted() const { return accepted_.load(); }
+
+ private:
+  UnixListener(int fd, int wake_fd) : fd_(fd), wake_fd_(wake_fd) {}
+  void Run(grpc::Server* server);
+
+  const int fd_;       // the listening socket
+  const int wake_fd_;  // eventfd: Stop() wakes the thread
+  std::thread thread_;
+  std::atomic<uint64_t> accepted_{0};
+};
+
+}  // namespace flashd::server
+
+#endif  // FLASHD_DAEMON_SERVER_UNIX_LISTENER_H_
