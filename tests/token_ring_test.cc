@@ -432,5 +432,26 @@ TEST(TokenRingHostileProducer, CorruptRecordIsDataLoss) {
   EXPECT_TRUE(absl::IsDataLoss(e.status())) << e.status();
 }
 
+TEST(TokenRing, StaleRingsOfDeadDaemonsAreRemoved) {
+  const pid_t dead = ::fork();  // a pid that existed and is gone
+  if (dead == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(dead, nullptr, 0), dead);
+  const std::string stale = absl::StrCat("/dev/shm/flashd-ring-", dead, "-1-test");
+  const std::string alive = absl::StrCat("/dev/shm/flashd-ring-", ::getpid(), "-1-test");
+  const std::string other = "/dev/shm/flashd-ringx-1-1-test";  // not a ring name
+  for (const std::string& p : {stale, alive, other}) {
+    const int fd = ::open(p.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0) << p;
+    ::close(fd);
+  }
+  EXPECT_GE(RemoveStaleTokenRings(), 1);
+  struct stat st;
+  EXPECT_NE(::stat(stale.c_str(), &st), 0) << "stale ring kept";
+  EXPECT_EQ(::stat(alive.c_str(), &st), 0) << "a live daemon's ring removed";
+  EXPECT_EQ(::stat(other.c_str(), &st), 0);
+  ::unlink(alive.c_str());
+  ::unlink(other.c_str());
+}
+
 }  // namespace
 }  // namespace flashd::shm

@@ -16,26 +16,53 @@
 namespace flashd {
 namespace {
 
+// Reads [done, size) of `path` with O_DIRECT into `mem` (page-aligned,
+// `size` rounded up to 4 KiB) in large requests: about twice as fast as
+// buffered reads from a cold SSD, and no second copy in the page cache.
+// Returns how far it got; the caller reads the rest buffered (file systems
+// without O_DIRECT, e.g. tmpfs, refuse it at open or at the first read).
+size_t ReadDirect(const std::string& path, char* mem, size_t size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  if (fd < 0) return 0;
+  constexpr size_t kChunk = size_t{16} << 20;
+  constexpr size_t kAlign = 4096;
+  size_t done = 0;
+  while (done < size) {
+    const size_t want = std::min(size - done, kChunk);
+    const size_t aligned = (want + kAlign - 1) / kAlign * kAlign;
+    const ssize_t r =
+        ::pread(fd, mem + done, aligned, static_cast<off_t>(done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    done += std::min(static_cast<size_t>(r), size - done);
+    if (static_cast<size_t>(r) < want || done % kAlign != 0) break;
+  }
+  ::close(fd);
+  return done;
+}
+
 // Reads fd's `size` bytes into fresh anonymous memory (huge pages advised).
 absl::StatusOr<void*> ReadIntoAnonymous(int fd, size_t size,
                                         const std::string& path) {
-  void* mem = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+  const size_t mapped = (size + 4095) / 4096 * 4096;  // O_DIRECT's tail
+  void* mem = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "cannot allocate ", size, " bytes to hold ", path, ": ",
         std::strerror(errno)));
   }
-  ::madvise(mem, size, MADV_HUGEPAGE);  // advisory; fine if THP is off
+  ::madvise(mem, mapped, MADV_HUGEPAGE);  // advisory; fine if THP is off
   constexpr size_t kChunk = size_t{64} << 20;
-  for (size_t done = 0; done < size;) {
+  for (size_t done = ReadDirect(path, static_cast<char*>(mem), size);
+       done < size;) {
     const ssize_t r = ::pread(fd, static_cast<char*>(mem) + done,
                               std::min(size - done, kChunk),
                               static_cast<off_t>(done));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) {
       const int err = errno;
-      ::munmap(mem, size);
+      ::munmap(mem, mapped);
       return absl::DataLossError(absl::StrCat(
           "reading ", path, " at offset ", done, " of ", size, ": ",
           r == 0 ? "file shrank while loading" : std::strerror(err)));

@@ -1,12 +1,18 @@
 #include "common/shm/token_ring_writer.h"
 
+#include <dirent.h>
+#include <signal.h>
 #include <sys/random.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -23,6 +29,29 @@ std::string MakeTokenRingName(uint64_t session_id) {
   }
   return absl::StrFormat("flashd-ring-%d-%x-%016x", ::getpid(), session_id,
                          nonce);
+}
+
+int RemoveStaleTokenRings() {
+  DIR* dir = ::opendir("/dev/shm");
+  if (dir == nullptr) return 0;
+  int removed = 0;
+  constexpr absl::string_view kPrefix = "flashd-ring-";
+  while (const dirent* e = ::readdir(dir)) {
+    const absl::string_view name(e->d_name);
+    if (!absl::StartsWith(name, kPrefix)) continue;
+    const absl::string_view rest = name.substr(kPrefix.size());
+    int pid = 0;
+    if (!absl::SimpleAtoi(rest.substr(0, rest.find('-')), &pid) || pid <= 0) {
+      continue;
+    }
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or unsure
+    // /dev/shm is sticky: take the file back (CAP_CHOWN) before unlinking.
+    const std::string path = absl::StrCat("/dev/shm/", name);
+    if (::geteuid() != 0) (void)::chown(path.c_str(), ::geteuid(), -1);
+    removed += ::unlink(path.c_str()) == 0;
+  }
+  ::closedir(dir);
+  return removed;
 }
 
 absl::StatusOr<std::unique_ptr<TokenRingWriter>> TokenRingWriter::Create(

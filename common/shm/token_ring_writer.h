@@ -45,6 +45,12 @@ namespace flashd::shm {
 // "flashd-ring-<pid>-<session hex>-<64 random bits hex>".
 std::string MakeTokenRingName(uint64_t session_id);
 
+// Unlinks rings in /dev/shm left by daemons that died (the pid in the name
+// no longer exists; a live or unknown pid is left alone). A SIGKILLed
+// daemon cannot clean up, and a client that never attached leaves the name.
+// Returns how many were removed.
+int RemoveStaleTokenRings();
+
 // Single producer of one ring. Not thread-safe: one thread (the inference
 // thread) pushes. Destruction finishes the ring (kAbandoned) if Finish()
 // was not called, unlinks the name if Remove() was not called, and unmaps.

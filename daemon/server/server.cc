@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -107,6 +108,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     if (absl::Status s = PrepareSocketPath(options.socket_path); !s.ok()) {
       return s;
     }
+  }
+  if (const int stale = shm::RemoveStaleTokenRings(); stale > 0) {
+    std::fprintf(stderr, "flashd serve: removed %d token rings of dead daemons\n",
+                 stale);
   }
   std::unique_ptr<Server> server(new Server(model, options));
   server->scheduler_ =
