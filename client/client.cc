@@ -199,10 +199,20 @@ absl::Status Client::Generate(const v1::GenerateRequest& request,
   while (reader->Read(&event)) {
     done = done || event.has_done();
     bool go_on = on_event(event);
-    if (go_on && event.has_started() && !event.started().shm_name().empty()) {
+    if (go_on && event.has_started() && !event.started().shm_name().empty() &&
+        request.delivery() == v1::SHARED_MEMORY) {
       // Shared-memory delivery: the tokens come through the ring until it
       // is finished; then the stream's Done (or error) follows.
       ring_error = ReadRing(event.started(), on_event, cancel, &go_on);
+      if (ring_error.code() == absl::StatusCode::kNotFound) {
+        // The daemon dropped the ring before we attached: the session
+        // failed, and the stream says why.
+        while (reader->Read(&event)) {
+        }
+        const grpc::Status status = reader->Finish();
+        if (cancel != nullptr) cancel->Detach();
+        return status.ok() ? ring_error : Error("Generate", status);
+      }
     }
     if (!ring_error.ok() || (!go_on && !event.has_done())) {
       stopped_by_callback = ring_error.ok();
@@ -247,7 +257,12 @@ absl::Status Client::ReadRing(const v1::Started& started,
   while (*go_on) {
     if (cancel != nullptr && cancel->cancelled()) return absl::OkStatus();
     absl::StatusOr<shm::RingEvent> e = (*ring)->Next(absl::Milliseconds(100));
-    if (e.status().code() == absl::StatusCode::kDeadlineExceeded) continue;
+    if (e.status().code() == absl::StatusCode::kDeadlineExceeded) {
+      // The ring notices a dead daemon only in our pid namespace; the
+      // connection notices it anywhere: then the stream has the status.
+      if (channel_->GetState(false) != GRPC_CHANNEL_READY) return absl::OkStatus();
+      continue;
+    }
     if (!e.ok()) {
       return absl::Status(e.status().code(),
                           absl::StrCat(where, ": ", e.status().message()));

@@ -440,6 +440,15 @@ absl::Status EvalFourTokens(Streamed& s) {
                     [](int32_t, const float*) {});
 }
 
+// Opens a source on `options`' segment: it must attach warm and run.
+void ExpectWarmAttach(const std::string& flash, const SourceOptions& options) {
+  absl::StatusOr<Streamed> s = OpenStreamed(flash, options, 64, 4);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->source->cache_segment_state(), "attached (warm)");
+  EXPECT_GT(s->source->stats().warm_neurons, 0u);
+  EXPECT_TRUE(EvalFourTokens(*s).ok());
+}
+
 // A segment is held by one live source at a time: every other opener, with
 // the same settings or settings that would discard it, automatic (with
 // fallback) or not, is refused naming the segment, and the segment is untouched;
@@ -481,14 +490,7 @@ TEST_F(Faults, CacheSegmentHeldByALiveSourceIsNotShared) {
     EXPECT_EQ(std::filesystem::file_size(path), bytes);
     EXPECT_TRUE(EvalFourTokens(*a).ok());
   }
-  {
-    absl::StatusOr<Streamed> b =
-        OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
-    ASSERT_TRUE(b.ok()) << b.status();
-    EXPECT_EQ(b->source->cache_segment_state(), "attached (warm)");
-    EXPECT_GT(b->source->stats().warm_neurons, 0u);
-    EXPECT_TRUE(EvalFourTokens(*b).ok());
-  }
+  ExpectWarmAttach(flash_, SegmentOptions(name, budget));
   std::filesystem::remove(path);
 }
 
@@ -542,14 +544,7 @@ TEST_F(Faults, CacheSegmentOfAKilledHolderIsTakenOver) {
   int wstatus = 0;
   ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
   EXPECT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL);
-  {
-    absl::StatusOr<Streamed> s =
-        OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
-    ASSERT_TRUE(s.ok()) << s.status();
-    EXPECT_EQ(s->source->cache_segment_state(), "attached (warm)");
-    EXPECT_GT(s->source->stats().warm_neurons, 0u);
-    EXPECT_TRUE(EvalFourTokens(*s).ok());
-  }
+  ExpectWarmAttach(flash_, SegmentOptions(name, budget));
   std::filesystem::remove(path);
 }
 

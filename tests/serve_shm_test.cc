@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "common/shm/token_ring_reader.h"
+#include "common/shm/token_ring_writer.h"
 #include "gtest/gtest.h"
 #include "tests/daemon_process.h"
 #include "tests/test_data.h"
@@ -53,7 +54,7 @@ v1::GenerateRequest Request(const std::string& prompt, int32_t max_tokens,
 // Token rings of daemon `pid` still named in /dev/shm.
 int RingsOf(pid_t pid) {
   int n = 0;
-  const std::string prefix = absl::StrCat("flashd-ring-", pid, "-");
+  const std::string prefix = shm::TokenRingPrefix(pid);
   for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
     n += e.path().filename().string().rfind(prefix, 0) == 0;
   }

@@ -15,6 +15,7 @@
 #include "common/model/model_loader.h"
 #include "daemon/server/request_parser.h"
 #include "daemon/server/scheduler.h"
+#include "daemon/server/service.h"
 #include "daemon/server/stop_matcher.h"
 #include "gtest/gtest.h"
 #include "tests/test_data.h"
@@ -377,6 +378,22 @@ TEST_F(StoriesServer, ContextLimitAndCancellationFreeTheSession) {
   EXPECT_EQ(s.Stats().kv_bytes_in_use, 0u);
   EXPECT_LT(s.Stats().tokens_generated, static_cast<uint64_t>(40 - n_prompt + 1 + 100));
   forward_->set_observer(nullptr);
+}
+
+TEST(RingCapacity, BoundedByTheContextAndNeverFull) {
+  SessionRequest r;
+  r.prompt = {1, 2, 3};
+  r.max_tokens = 100;
+  // 100 tokens of pieces up to 16 bytes (+3 UTF-8 bytes): one record each.
+  EXPECT_EQ(RingCapacityFor(r, 512, 16), 128u);
+  // Longer pieces or a stop string: more records per token.
+  EXPECT_EQ(RingCapacityFor(r, 512, 48), 256u);
+  r.stop = {std::string(60, 'x')};
+  EXPECT_EQ(RingCapacityFor(r, 512, 16), 256u);
+  r.stop.clear();
+  // A huge max_tokens is bounded by what the context lets it generate.
+  r.max_tokens = 1 << 30;
+  EXPECT_EQ(RingCapacityFor(r, 512, 16), 512u);  // 510 tokens
 }
 
 }  // namespace

@@ -436,21 +436,28 @@ TEST(TokenRing, StaleRingsOfDeadDaemonsAreRemoved) {
   const pid_t dead = ::fork();  // a pid that existed and is gone
   if (dead == 0) ::_exit(0);
   ASSERT_EQ(::waitpid(dead, nullptr, 0), dead);
-  const std::string stale = absl::StrCat("/dev/shm/flashd-ring-", dead, "-1-test");
-  const std::string alive = absl::StrCat("/dev/shm/flashd-ring-", ::getpid(), "-1-test");
-  const std::string other = "/dev/shm/flashd-ringx-1-1-test";  // not a ring name
-  for (const std::string& p : {stale, alive, other}) {
+  const std::string stale = "/dev/shm/" + TokenRingPrefix(dead) + "1-test";
+  const std::string alive = "/dev/shm/" + TokenRingPrefix(::getpid()) + "1-test";
+  // Another pid namespace's ring with the same (dead) pid, and a name that
+  // is not a ring's.
+  const std::string foreign = absl::StrCat("/dev/shm/flashd-ring-1-", dead, "-1-test");
+  const std::string other = "/dev/shm/flashd-ringx-1-1-test";
+  for (const std::string& p : {stale, alive, foreign, other}) {
     const int fd = ::open(p.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
     ASSERT_GE(fd, 0) << p;
     ::close(fd);
   }
+  // A symlink named like a dead daemon's ring is not followed or removed.
+  const std::string link = "/dev/shm/" + TokenRingPrefix(dead) + "2-link";
+  ASSERT_EQ(::symlink(other.c_str(), link.c_str()), 0);
   EXPECT_GE(RemoveStaleTokenRings(), 1);
   struct stat st;
   EXPECT_NE(::stat(stale.c_str(), &st), 0) << "stale ring kept";
   EXPECT_EQ(::stat(alive.c_str(), &st), 0) << "a live daemon's ring removed";
+  EXPECT_EQ(::stat(foreign.c_str(), &st), 0) << "another namespace's ring removed";
   EXPECT_EQ(::stat(other.c_str(), &st), 0);
-  ::unlink(alive.c_str());
-  ::unlink(other.c_str());
+  EXPECT_EQ(::lstat(link.c_str(), &st), 0) << "symlink removed";
+  for (const std::string& p : {alive, foreign, other, link}) ::unlink(p.c_str());
 }
 
 }  // namespace

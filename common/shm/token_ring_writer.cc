@@ -1,7 +1,9 @@
 #include "common/shm/token_ring_writer.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -21,33 +23,51 @@
 
 namespace flashd::shm {
 
+std::string TokenRingPrefix(pid_t pid) {
+  return absl::StrFormat("flashd-ring-%x-%d-", SelfIdentity().pid_ns, pid);
+}
+
 std::string MakeTokenRingName(uint64_t session_id) {
   uint64_t nonce = 0;
   if (::getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce)) {
     nonce = static_cast<uint64_t>(absl::GetCurrentTimeNanos()) ^
             (uint64_t{static_cast<uint32_t>(::getpid())} << 32);
   }
-  return absl::StrFormat("flashd-ring-%d-%x-%016x", ::getpid(), session_id,
+  return absl::StrFormat("%s%x-%016x", TokenRingPrefix(::getpid()), session_id,
                          nonce);
 }
 
 int RemoveStaleTokenRings() {
+  const uint64_t ns = SelfIdentity().pid_ns;
+  if (ns == 0) return 0;  // cannot tell our pids from others'
   DIR* dir = ::opendir("/dev/shm");
   if (dir == nullptr) return 0;
+  const std::string ours = absl::StrFormat("flashd-ring-%x-", ns);
   int removed = 0;
-  constexpr absl::string_view kPrefix = "flashd-ring-";
   while (const dirent* e = ::readdir(dir)) {
     const absl::string_view name(e->d_name);
-    if (!absl::StartsWith(name, kPrefix)) continue;
-    const absl::string_view rest = name.substr(kPrefix.size());
+    if (!absl::StartsWith(name, ours)) continue;
+    const absl::string_view rest = name.substr(ours.size());
     int pid = 0;
     if (!absl::SimpleAtoi(rest.substr(0, rest.find('-')), &pid) || pid <= 0) {
       continue;
     }
     if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or unsure
-    // /dev/shm is sticky: take the file back (CAP_CHOWN) before unlinking.
+    // Anyone can create names here: only plain files with one link are
+    // touched, and never through a symlink.
     const std::string path = absl::StrCat("/dev/shm/", name);
-    if (::geteuid() != 0) (void)::chown(path.c_str(), ::geteuid(), -1);
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_nlink != 1) {
+      continue;
+    }
+    // /dev/shm is sticky: take the file back (CAP_CHOWN) before unlinking.
+    if (::geteuid() != 0 && st.st_uid != ::geteuid()) {
+      if (::fchownat(AT_FDCWD, path.c_str(), ::geteuid(), static_cast<gid_t>(-1),
+                     AT_SYMLINK_NOFOLLOW) != 0) {
+        continue;
+      }
+    }
     removed += ::unlink(path.c_str()) == 0;
   }
   ::closedir(dir);

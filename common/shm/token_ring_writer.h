@@ -41,14 +41,19 @@
 
 namespace flashd::shm {
 
+// The start of the names of rings made by process `pid` of our pid
+// namespace: "flashd-ring-<pid namespace inode hex>-<pid>-".
+std::string TokenRingPrefix(pid_t pid);
+
 // A fresh, unguessable segment name for `session_id`:
-// "flashd-ring-<pid>-<session hex>-<64 random bits hex>".
+// TokenRingPrefix(getpid()) + "<session hex>-<64 random bits hex>".
 std::string MakeTokenRingName(uint64_t session_id);
 
-// Unlinks rings in /dev/shm left by daemons that died (the pid in the name
-// no longer exists; a live or unknown pid is left alone). A SIGKILLed
-// daemon cannot clean up, and a client that never attached leaves the name.
-// Returns how many were removed.
+// Unlinks rings in /dev/shm left by daemons of our pid namespace that died
+// (the pid in the name no longer exists; a live or unknown pid, another
+// namespace's ring, a symlink or a file with other links is left alone). A
+// SIGKILLed daemon cannot clean up, and a client that never attached leaves
+// the name. Returns how many were removed.
 int RemoveStaleTokenRings();
 
 // Single producer of one ring. Not thread-safe: one thread (the inference

@@ -10,8 +10,10 @@
 namespace flashd::server {
 namespace {
 
-// How long the ring of a finished session waits for its client to attach.
+// How long the ring of a finished session waits for its client to attach,
+// and how many may wait at once (the oldest goes first).
 constexpr auto kRingLinger = std::chrono::seconds(10);
+constexpr size_t kMaxLingeringRings = 64;
 
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -202,6 +204,7 @@ void Scheduler::ReleaseRing(Session& session) {
   if (ring == nullptr || !session.completed() || ring->consumer_attached()) {
     return;  // destroyed here: finished (or abandoned) and unlinked
   }
+  if (lingering_.size() >= kMaxLingeringRings) lingering_.erase(lingering_.begin());
   lingering_.push_back({std::move(ring), Clock::now() + kRingLinger});
 }
 

@@ -1,5 +1,6 @@
 #include "daemon/server/service.h"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 
@@ -123,6 +124,9 @@ FlashdService::FlashdService(const ServedModel& model, Scheduler* scheduler,
   limits_.n_vocab = model.forward->config().n_vocab;
   limits_.n_ctx = model.n_ctx;
   limits_.default_max_tokens = default_max_tokens;
+  for (const std::string& piece : model.tokenizer->vocab().pieces) {
+    max_piece_bytes_ = std::max(max_piece_bytes_, piece.size());
+  }
 }
 
 grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
@@ -135,7 +139,7 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
   std::unique_ptr<shm::TokenRingWriter> ring;
   if (status.ok() && parsed->shared_memory) {
     absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> made =
-        MakeRing(context->peer(), *parsed);
+        MakeRing(context, *parsed);
     status = made.status();
     if (made.ok()) ring = std::move(*made);
   }
@@ -152,13 +156,17 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
 }
 
 absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(
-    const std::string& peer, const SessionRequest& request) {
-  absl::StatusOr<PeerCredentials> cred = PeerOf(peer);
+    grpc::CallbackServerContext* context, const SessionRequest& request) {
+  absl::StatusOr<PeerCredentials> cred = PeerOf(context->peer());
   if (!cred.ok()) return cred.status();
+  if (context->IsCancelled()) {  // its descriptor may be another's by now
+    return absl::CancelledError("the client went away");
+  }
   const uint64_t ring_id = next_ring_id_.fetch_add(1);
   absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> ring =
       shm::TokenRingWriter::Create(shm::MakeTokenRingName(ring_id),
-                                   RingCapacityFor(request), ring_id, cred->uid);
+                                   RingCapacityFor(request, model_.n_ctx, max_piece_bytes_),
+                                   ring_id, cred->uid);
   if (!ring.ok()) {
     return absl::Status(ring.status().code(),
                         absl::StrCat("shared-memory delivery for uid ", cred->uid,
@@ -167,16 +175,23 @@ absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(
   return ring;
 }
 
-uint32_t RingCapacityFor(const SessionRequest& request) {
-  // Every generated token takes one record (48 bytes of text; Llama pieces
-  // are far shorter) and text held back by stop strings comes out at most
-  // once per stop string: twice the tokens plus slack never fills, so the
-  // inference thread never waits for a slow reader.
-  uint64_t want = 2ull * static_cast<uint64_t>(request.max_tokens) + 64;
+uint32_t RingCapacityFor(const SessionRequest& request, int32_t n_ctx,
+                         size_t max_piece_bytes) {
+  // Tokens the session can produce: max_tokens, and no more than its
+  // context holds (the last sampled token is not evaluated).
+  const int64_t room = int64_t{n_ctx} - static_cast<int64_t>(request.prompt.size()) + 1;
+  const int64_t tokens = std::max<int64_t>(
+      1, std::min<int64_t>(request.max_tokens, room));
+  // A token's text is at most its piece, plus 3 bytes of a UTF-8 character
+  // held back before it, plus text held back for a stop string.
+  size_t longest_stop = 0;
   for (const std::string& s : request.stop) {
-    want += shm::RecordsForText(s.size());
+    longest_stop = std::max(longest_stop, s.size());
   }
-  uint32_t capacity = 64;
+  const uint64_t want =
+      static_cast<uint64_t>(tokens) *
+      shm::RecordsForText(max_piece_bytes + 3 + longest_stop);
+  uint32_t capacity = shm::kMinRingCapacity;
   while (capacity < want && capacity < shm::kMaxRingCapacity) capacity *= 2;
   return capacity;
 }

@@ -25,9 +25,13 @@ namespace flashd::server {
 // absl::Status -> grpc::Status (same code and message).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
-// Records of the token ring of `request`: enough that the generation can
-// never fill it (a power of two).
-uint32_t RingCapacityFor(const SessionRequest& request);
+// Records of the token ring of `request` on a server with `n_ctx`
+// positions per session and vocabulary pieces of at most `max_piece_bytes`:
+// enough that the generation can never fill it (a power of two; at most
+// kMaxRingCapacity). Sized by what the context lets the session generate,
+// not by max_tokens alone, so a huge max_tokens costs nothing.
+uint32_t RingCapacityFor(const SessionRequest& request, int32_t n_ctx,
+                         size_t max_piece_bytes);
 
 class FlashdService final : public v1::Flashd::CallbackService {
  public:
@@ -60,15 +64,16 @@ class FlashdService final : public v1::Flashd::CallbackService {
                                      v1::Stats* response) override;
 
  private:
-  // A ring for the client of the call from `peer`.
+  // A ring for the client of the call `context`.
   absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> MakeRing(
-      const std::string& peer, const SessionRequest& request);
+      grpc::CallbackServerContext* context, const SessionRequest& request);
 
   const ServedModel& model_;
   Scheduler* scheduler_;
   RequestLimits limits_;
   const std::chrono::steady_clock::time_point started_;
   std::atomic<uint64_t> next_ring_id_{1};
+  size_t max_piece_bytes_ = 0;  // longest vocabulary piece
 };
 
 }  // namespace flashd::server

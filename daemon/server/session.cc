@@ -49,7 +49,7 @@ int32_t Session::ContextFor(const SessionRequest& request, int32_t n_ctx) {
 void Session::Admit(const ModelConfig& config, int32_t n_ctx, KvType kv_type) {
   kv_ = std::make_unique<KvCache>(config, ContextFor(request_, n_ctx), kv_type);
   sampler_.emplace(request_.sampling, config.n_vocab);
-  history_.reserve(request_.prompt.size() + request_.max_tokens);
+  history_.reserve(static_cast<size_t>(ContextFor(request_, n_ctx)) + 1);
   history_ = request_.prompt;
   prev_ = request_.prompt.back();
   SessionEvent started;
@@ -152,8 +152,9 @@ bool Session::SendToken(int32_t id, int32_t index, std::string text) {
   }
   const absl::Status s = ring_->Push(id, static_cast<uint32_t>(index), text);
   if (s.ok()) return true;
-  // RingCapacityFor makes a full ring impossible; a broken one (the client
-  // truncated its segment) ends this session only.
+  // RingCapacityFor makes a full ring impossible (it bounds every token's
+  // text); a broken one (the client truncated its segment) ends this
+  // session only.
   Fail(absl::Status(s.code(), absl::StrCat("session ", id_, ": ", s.message())));
   return false;
 }

@@ -34,8 +34,8 @@ using Clock = std::chrono::steady_clock;
 
 // With a token ring (shared-memory delivery) the tokens go to the ring and
 // the channel carries only Started (naming the ring) and Done or the error;
-// the ring is finished before Done is sent and unlinked when the session
-// is destroyed.
+// the ring is finished before Done is sent; the scheduler frees it with the
+// session, or keeps it a little longer for a client yet to attach.
 class Session {
  public:
   Session(std::string id, SessionRequest request,

@@ -74,7 +74,6 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Listen(
 
 UnixListener::~UnixListener() {
   Stop();
-  ::close(fd_);
   ::close(wake_fd_);
 }
 
@@ -83,10 +82,15 @@ void UnixListener::Start(grpc::Server* server) {
 }
 
 void UnixListener::Stop() {
-  if (!thread_.joinable()) return;
-  const uint64_t one = 1;
-  (void)!::write(wake_fd_, &one, sizeof(one));
-  thread_.join();
+  if (thread_.joinable()) {
+    const uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof(one));
+    thread_.join();
+  }
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
 }
 
 void UnixListener::Run(grpc::Server* server) {

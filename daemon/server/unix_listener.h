@@ -3,9 +3,12 @@
 // knows, for every call, the kernel's credentials of the process on the
 // other end (SO_PEERCRED): shared-memory delivery gives a session's ring to
 // exactly that uid. gRPC names such a connection's peer "fd:<N>"; PeerOf
-// maps a call back to its socket. The descriptor stays open as long as the
-// connection, and a call in progress keeps its connection, so the lookup
-// during a handler is sound.
+// maps a call back to its socket. The descriptor lives as long as the
+// connection's endpoint: a call whose connection died may, in a narrow
+// window, see its number reused by a newer connection, so callers check
+// that the call is still alive after the lookup (a dead connection's calls
+// are cancelled) -- and a ring given to the wrong uid that way would never
+// receive a token.
 #ifndef FLASHD_DAEMON_SERVER_UNIX_LISTENER_H_
 #define FLASHD_DAEMON_SERVER_UNIX_LISTENER_H_
 
@@ -48,7 +51,8 @@ class UnixListener {
   // Accepts connections on a thread of its own and gives them to `server`
   // (started; must outlive Stop()).
   void Start(grpc::Server* server);
-  // Stops accepting (connections already handed over stay with gRPC).
+  // Stops accepting and closes the listening socket, so new clients are
+  // refused at once (connections already handed over stay with gRPC).
   void Stop();
 
   // Connections accepted so far.
@@ -58,7 +62,7 @@ class UnixListener {
   UnixListener(int fd, int wake_fd) : fd_(fd), wake_fd_(wake_fd) {}
   void Run(grpc::Server* server);
 
-  const int fd_;       // the listening socket
+  int fd_;             // the listening socket; -1 after Stop()
   const int wake_fd_;  // eventfd: Stop() wakes the thread
   std::thread thread_;
   std::atomic<uint64_t> accepted_{0};
