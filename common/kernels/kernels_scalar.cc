@@ -299,6 +299,17 @@ void F32ToF16Scalar(const float* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = FloatToHalf(x[i]);
 }
 
+// Softmax of s[0, n) in place, unnormalized: exponentiates against
+// `max_score` and returns 1 / the sum, the weight every s[p] takes.
+float SoftmaxUnnormalized(float* s, int32_t n, float max_score) {
+  double sum = 0.0;
+  for (int32_t p = 0; p < n; ++p) {
+    s[p] = std::exp(s[p] - max_score);
+    sum += s[p];
+  }
+  return static_cast<float>(1.0 / sum);
+}
+
 void AttendF16Scalar(const float* q, int32_t n_q, int32_t hd,
                      const uint16_t* k, const uint16_t* v, size_t kv_stride,
                      int32_t n_keys, float scale, float* scores, float* out) {
@@ -309,12 +320,7 @@ void AttendF16Scalar(const float* q, int32_t n_q, int32_t hd,
       s[p] = DotF16F32Scalar(k + p * kv_stride, q + g * hd, hd) * scale;
       max_score = s[p] > max_score ? s[p] : max_score;
     }
-    double sum = 0.0;
-    for (int32_t p = 0; p < n_keys; ++p) {
-      s[p] = std::exp(s[p] - max_score);
-      sum += s[p];
-    }
-    const float inv = static_cast<float>(1.0 / sum);
+    const float inv = SoftmaxUnnormalized(s, n_keys, max_score);
     float* o = out + static_cast<size_t>(g) * hd;
     for (int32_t i = 0; i < hd; ++i) o[i] = 0.0f;
     for (int32_t p = 0; p < n_keys; ++p) {
@@ -413,12 +419,7 @@ void AttendF32Portable(const float* q, int32_t n_q, int32_t hd,
       scores[p] = s * scale;
       max_score = scores[p] > max_score ? scores[p] : max_score;
     }
-    double sum = 0.0;
-    for (int32_t p = 0; p < n_keys; ++p) {
-      scores[p] = std::exp(scores[p] - max_score);
-      sum += scores[p];
-    }
-    const float inv = static_cast<float>(1.0 / sum);
+    const float inv = SoftmaxUnnormalized(scores, n_keys, max_score);
     float* og = out + static_cast<size_t>(g) * hd;
     for (int32_t i = 0; i < hd; ++i) og[i] = 0.0f;
     for (int32_t p = 0; p < n_keys; ++p) {
