@@ -220,7 +220,8 @@ TEST_F(NaiveDaemon, SigtermLetsARunningGenerationFinish) {
       EXPECT_EQ(e.done().reason(), v1::MAX_TOKENS);
     }
   }
-  EXPECT_TRUE(reader->Finish().ok());
+  const grpc::Status status = reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
   EXPECT_TRUE(done);
   EXPECT_EQ(tokens, 40);
   const std::optional<int> code = daemon_.WaitExit(std::chrono::seconds(30));

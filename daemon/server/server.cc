@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <thread>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +19,9 @@
 
 namespace flashd::server {
 namespace {
+
+// How long the connections stay open after the last call ended.
+constexpr std::chrono::milliseconds kCloseLinger(200);
 
 // mkdir -p with `mode` for the directories it creates.
 absl::Status MakeDirs(const std::string& dir, mode_t mode) {
@@ -172,6 +177,12 @@ void Server::Shutdown(std::chrono::milliseconds drain) {
     // Refuses new calls at once; cancels those still running at the
     // deadline and returns when every reactor is done.
     server_->Shutdown(std::chrono::system_clock::now() + drain);
+    // Every call has ended, but a client may still be reading its last
+    // events: closing the connections now (our exit) can make its next
+    // write (a flow-control update) fail with EPIPE, and gRPC then drops
+    // what it had received but not yet read -- a finished generation seen
+    // as UNAVAILABLE. Linger briefly so clients read to the end.
+    std::this_thread::sleep_for(kCloseLinger);
   }
   if (scheduler_ != nullptr) scheduler_->Stop();
   if (!options_.socket_path.empty()) {
