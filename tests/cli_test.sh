@@ -91,6 +91,19 @@ err="$("$flashd" run --model "$tmp/stories.flash" --mode resident --prompt x 2>&
 "$flashd" bench --model "$tmp/stories.flash" --mode flash --dram-budget 1.2MiB --prompt-tokens 8 --gen-tokens 8 --repeats 1 --json \
   | python3 -c 'import json,sys; j=json.load(sys.stdin); assert j["mode"]=="flash" and j["dram_budget_bytes"]>0 and j["flash_bytes_per_token"]>=0 and 0<=j["cache_hit_rate"]<=1 and j["peak_rss_bytes"]>0 and "read_mb_s" in j'
 check "bench --mode flash --json: flash fields" $?
+# --sparsity auto: only in flash mode, and only when the estimate says the
+# predictor saves reads (here it does not: 4 KiB-aligned reads of <1 KiB
+# bundles read through every gap).
+"$flashd" calibrate --model "$tmp/stories.bin" --tokenizer "$shared/models/tok512.bin" \
+  --calib-tokens 256 --eval-tokens 0 >/dev/null 2>&1
+check "calibrate writes stories.sparsity" $?
+out="$("$flashd" bench --model "$tmp/stories.flash" --dram-budget 1.2MiB --prompt-tokens 4 --gen-tokens 4 --repeats 1 2>&1)"
+[[ "$out" == *"sparsity off (dense-exact; auto: estimated reads per token: keep 0.80 with its predictor "*" KiB, dense "*" KiB;"* ]]
+check "sparsity auto: dense when the predictor would cost reads, estimates shown" $?
+out="$("$flashd" bench --model "$tmp/stories.flash" --dram-budget 1.2MiB --sparsity default --prompt-tokens 4 --gen-tokens 4 --repeats 1 2>&1)"
+[[ "$out" == *"sparsity keep 0.80 of FFN neurons"* ]]; check "sparsity default: forced" $?
+out="$("$flashd" bench --model "$tmp/stories.bin" --tokenizer "$shared/models/tok512.bin" --prompt-tokens 4 --gen-tokens 4 --repeats 1 2>&1)"
+[[ "$out" == *"sparsity off (dense-exact; auto uses "*"only in mode flash"* ]]; check "sparsity auto: off in resident mode" $?
 cp "$tmp/stories.flash" "$tmp/bad.flash"
 printf '\x07' | dd of="$tmp/bad.flash" bs=1 seek=20 conv=notrunc 2>/dev/null
 err="$("$flashd" run --model "$tmp/bad.flash" --prompt x 2>&1)"; code=$?

@@ -725,5 +725,86 @@ TEST_F(Faults, SparseFlashModeMatchesMaskedResident) {
   EXPECT_GT(stats.neurons_hit, 0u);  // the window kept some
 }
 
+// What --sparsity auto decides by: the estimate of a decoded token's reads
+// follows the budget and the predictor's share of it, and agrees with what
+// decode then reads, dense and sparse.
+TEST_F(Faults, ReadEstimateAgreesWithWhatDecodeReads) {
+  absl::StatusOr<LoadedModel> lm = LoadModel(model_);
+  ASSERT_TRUE(lm.ok()) << lm.status();
+  const std::vector<int32_t> p1 =
+      lm->tokenizer->Encode(ReadFileBytes(SharedPath("golden/p1.txt")), true);
+  ASSERT_GE(p1.size(), 8u);
+  std::vector<int32_t> ids = p1;  // the text again until 64 tokens
+  while (ids.size() < 64) ids.insert(ids.end(), p1.begin() + 1, p1.end());
+  ids.resize(64);
+  ThreadPool pool(2);
+  Forward resident(*lm->model, &pool, 128, 16);
+  CalibrateOptions co;
+  co.keep = {0.5};
+  co.source_identity = file_->layout().source_identity;
+  absl::StatusOr<std::unique_ptr<SparsityProfile>> profile =
+      Calibrate(*lm->model, resident, &pool, {ids}, co);
+  ASSERT_TRUE(profile.ok()) << profile.status();
+
+  SourceOptions o;
+  o.mode = Mode::kFlash;
+  o.open_file = BufferedOpener(nullptr);
+  o.max_read_bytes = 64 << 10;
+  o.window = 0;
+  o.dram_budget =
+      MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 16;
+  auto estimate = [&](const SourceOptions& so, double keep) {
+    return EstimateFlashDecodeReads(*file_, so, keep, 1);
+  };
+  SourceOptions unbounded = o;
+  unbounded.dram_budget = 0;
+  // Unbounded, every neuron is cached; the untied embedding row is read.
+  EXPECT_TRUE(estimate(unbounded, 1.0).fits);
+  EXPECT_EQ(estimate(unbounded, 1.0).bytes, kStreamChunkBytes);
+  EXPECT_EQ(estimate(unbounded, 0.5).bytes, kStreamChunkBytes);
+  SourceOptions too_big = o;
+  too_big.predictor_bytes = o.dram_budget;
+  EXPECT_FALSE(estimate(too_big, 0.5).fits);
+  // A predictor's memory comes out of the neuron caches.
+  SourceOptions with_predictor = o;
+  with_predictor.predictor_bytes = file_->file_size() / 32;
+  ASSERT_TRUE(estimate(with_predictor, 1.0).fits);
+  EXPECT_GT(estimate(with_predictor, 1.0).bytes, estimate(o, 1.0).bytes);
+  EXPECT_GT(estimate(with_predictor, 0.5).bytes, estimate(o, 0.5).bytes);
+
+  // Measured over tokens 16..63, one token per pass as in decode.
+  for (const bool sparse : {false, true}) {
+    absl::StatusOr<Streamed> s = OpenStreamed(flash_, o, 128, 1);
+    ASSERT_TRUE(s.ok()) << s.status();
+    std::unique_ptr<NeuronSelector> selector;
+    if (sparse) {
+      absl::StatusOr<std::unique_ptr<NeuronSelector>> sel =
+          (*profile)->MakeSelector(0.5, s->pool.get(), 1);
+      ASSERT_TRUE(sel.ok()) << sel.status();
+      selector = std::move(*sel);
+      s->forward->set_selector(selector.get());
+    }
+    KvCache kv(s->config_model->config, 128);
+    SourceStats at16;
+    ASSERT_TRUE(EvalPrompt(*s->forward, kv, ids, true,
+                           [&](int32_t pos, const float*) {
+                             if (pos == 15) at16 = s->source->stats();
+                           })
+                    .ok());
+    const SourceStats& end = s->source->stats();
+    const double tokens = static_cast<double>(ids.size() - 16);
+    const double measured = (end.bytes_read - at16.bytes_read) / tokens;
+    const ModelConfig& c = s->config_model->config;
+    const double kept = (end.neurons_needed - at16.neurons_needed) / tokens /
+                        c.n_layer / c.n_ff;
+    const double expected = static_cast<double>(
+        estimate(o, sparse ? kept : 1.0).bytes);
+    std::printf("[ %s ] keep %.3f: estimated %.0f bytes/token, read %.0f\n",
+                sparse ? "sparse" : "dense", sparse ? kept : 1.0, expected,
+                measured);
+    EXPECT_NEAR(measured / expected, 1.0, sparse ? 0.25 : 0.1);
+  }
+}
+
 }  // namespace
 }  // namespace flashd::flash

@@ -89,6 +89,13 @@ struct SourceStats {
   uint64_t warm_neurons = 0;   // flash: taken back from a cache segment
 };
 
+// Expected reads from flash (see EstimateFlashDecodeReads).
+struct ReadEstimate {
+  bool fits = false;   // the budget holds the mode's minimum
+  uint64_t bytes = 0;  // incl. alignment and gap bytes
+  double seconds = 0;  // per SourceOptions::profile; 0 without one
+};
+
 // Where the budget goes (bytes).
 struct MemoryPlan {
   uint64_t budget = 0;        // 0 = unbounded
@@ -147,6 +154,20 @@ std::string AutoCacheSegmentName(const FlashFile& file,
 // The smallest budget `mode` can run `file` in, with `predictor_bytes`.
 uint64_t MinimumBudget(const FlashFile& file, Mode mode,
                        uint64_t predictor_bytes);
+
+// What flash mode under `options` is expected to read from flash for one
+// decoded token when the selector keeps a fraction `keep` of every layer's
+// neurons (1: dense-exact), assuming no locality between tokens (neurons
+// are wanted independently, so a wanted neuron is cached with probability
+// cache slots / n_ff). The wanted-and-missing neurons of each layer are
+// drawn from a fixed seed and planned with the same ReadPlanner the source
+// uses, with reads aligned to `alignment` (the file's
+// required_alignment(): kFlashAlign under O_DIRECT, 1 buffered); a streamed
+// classifier and embedding row are included. An estimate from the layout
+// and the cost model, not a measurement.
+ReadEstimate EstimateFlashDecodeReads(const FlashFile& file,
+                                      const SourceOptions& options,
+                                      double keep, size_t alignment);
 
 // Creates the source for options.mode (not kResident). `file` and `pool`
 // must outlive it. Errors: budget below the minimum, the file cannot be

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -88,6 +89,52 @@ Footprint Measure(const FlashFile& file) {
   return f;
 }
 
+// How flash mode splits a budget: whether the classifier streams, the
+// plan without the caches, and the cache bytes each layer gets.
+struct BudgetSplit {
+  bool stream_output = false;
+  MemoryPlan plan;
+  uint64_t per_layer_cache = 0;  // max() when the budget is unbounded
+
+  // Slots of a layer whose bundles are `bundle_bytes` long.
+  int32_t Slots(int32_t n_ff, size_t bundle_bytes) const {
+    return static_cast<int32_t>(
+        std::min<uint64_t>(n_ff, per_layer_cache / bundle_bytes));
+  }
+};
+
+ReadPlannerOptions PlannerOptions(const SourceOptions& options,
+                                  size_t alignment) {
+  ReadPlannerOptions po;
+  po.alignment = alignment;
+  po.max_read_bytes = std::max<size_t>(
+      alignment, options.max_read_bytes / alignment * alignment);
+  po.profile = options.profile;
+  po.queue_depth = options.queue_depth;
+  return po;
+}
+
+// Requires a budget of at least fp.minimum(options.predictor_bytes) (or 0).
+BudgetSplit SplitBudget(const Footprint& fp, const SourceOptions& options,
+                        int32_t n_layer) {
+  const uint64_t predictor = options.predictor_bytes;
+  BudgetSplit b;
+  b.stream_output = options.dram_budget != 0 &&
+                    options.dram_budget < fp.with_output(predictor);
+  b.plan.budget = options.dram_budget;
+  b.plan.minimum = fp.minimum(predictor);
+  b.plan.resident = fp.resident + (b.stream_output ? 0 : fp.output);
+  b.plan.buffers = kStages * fp.stage + fp.scratch +
+                   (b.stream_output ? fp.out_chunk : 0) +
+                   (b.stream_output || !fp.tied ? fp.embd : 0);
+  b.plan.predictor = predictor;
+  b.per_layer_cache =
+      options.dram_budget == 0
+          ? std::numeric_limits<uint64_t>::max()
+          : (options.dram_budget - b.plan.total()) / n_layer;
+  return b;
+}
+
 class FlashModeSource final : public FlashSource {
  public:
   FlashModeSource(const FlashFile& file, const SourceOptions& options,
@@ -106,24 +153,9 @@ class FlashModeSource final : public FlashSource {
     const FlashLayout& lay = layout_;
     const int32_t n_layer = lay.config.n_layer;
     const int32_t n_ff = lay.config.n_ff;
-    // Budget split.
-    const uint64_t predictor = options_.predictor_bytes;
-    stream_output_ = options_.dram_budget != 0 &&
-                     options_.dram_budget < fp.with_output(predictor);
-    plan_.budget = options_.dram_budget;
-    plan_.minimum = fp.minimum(predictor);
-    plan_.resident = fp.resident + (stream_output_ ? 0 : fp.output);
-    plan_.buffers = kStages * fp.stage + fp.scratch +
-                    (stream_output_ ? fp.out_chunk : 0) +
-                    (stream_output_ || !fp.tied ? fp.embd : 0);
-    plan_.predictor = predictor;
-    uint64_t cache_bytes = 0;
-    if (options_.dram_budget == 0) {
-      cache_bytes = std::numeric_limits<uint64_t>::max();
-    } else {
-      cache_bytes = options_.dram_budget - plan_.total();
-    }
-    const uint64_t per_layer = cache_bytes / n_layer;
+    const BudgetSplit split = SplitBudget(fp, options_, n_layer);
+    stream_output_ = split.stream_output;
+    plan_ = split.plan;
 
     absl::Status started = StartIo(options_, file_.path(), kStages + 2);
     if (!started.ok()) return started;
@@ -201,8 +233,7 @@ class FlashModeSource final : public FlashSource {
     std::vector<CacheSegment::LayerSpec> specs(n_layer);
     for (int32_t l = 0; l < n_layer; ++l) {
       specs[l].bundle_bytes = lay.layers[l].geometry.bundle_bytes();
-      specs[l].capacity = static_cast<int32_t>(
-          std::min<uint64_t>(n_ff, per_layer / specs[l].bundle_bytes));
+      specs[l].capacity = split.Slots(n_ff, specs[l].bundle_bytes);
     }
     if (!options_.cache_segment.empty()) {
       absl::StatusOr<std::unique_ptr<CacheSegment>> seg =
@@ -236,14 +267,9 @@ class FlashModeSource final : public FlashSource {
       if (segment_ != nullptr && segment_->attached()) Readopt(l);
       plan_.cache += static_cast<uint64_t>(slots) * bb;
       plan_.cache_slots = slots;
-      ReadPlannerOptions po;
-      po.alignment = alignment;
-      po.max_read_bytes = std::max<size_t>(
-          alignment, options_.max_read_bytes / alignment * alignment);
-      po.profile = options_.profile;
-      po.queue_depth = options_.queue_depth;
-      absl::StatusOr<ReadPlanner> p = ReadPlanner::Create(
-          {ll.bundles.offset, bb, ll.geometry.n_ff}, po);
+      absl::StatusOr<ReadPlanner> p =
+          ReadPlanner::Create({ll.bundles.offset, bb, ll.geometry.n_ff},
+                              PlannerOptions(options_, alignment));
       if (!p.ok()) return p.status();
       layers_[l].planner = std::make_unique<ReadPlanner>(std::move(*p));
     }
@@ -664,6 +690,64 @@ absl::Status FlashModeSource::Consume(Stage& st, bool admit_by_eviction) {
 
 uint64_t FlashModeMinimum(const FlashFile& file, uint64_t predictor_bytes) {
   return Measure(file).minimum(predictor_bytes);
+}
+
+ReadEstimate EstimateFlashDecodeReads(const FlashFile& file,
+                                      const SourceOptions& options,
+                                      double keep, size_t alignment) {
+  const FlashLayout& lay = file.layout();
+  const Footprint fp = Measure(file);
+  ReadEstimate e;
+  if (options.dram_budget != 0 &&
+      options.dram_budget < fp.minimum(options.predictor_bytes)) {
+    return e;
+  }
+  e.fits = true;
+  auto read = [&](uint64_t length) {
+    e.bytes += length;
+    if (options.profile != nullptr) {
+      e.seconds += options.profile->EstimateSeconds(length, length,
+                                                    options.queue_depth);
+    }
+  };
+  const BudgetSplit split = SplitBudget(fp, options, lay.config.n_layer);
+  if (split.stream_output) {
+    for (uint64_t left = fp.output; left > 0;) {
+      const uint64_t n = std::min<uint64_t>(left, options.max_read_bytes);
+      read(n);
+      left -= n;
+    }
+  }
+  if (split.stream_output || !fp.tied) read(kStreamChunkBytes);  // embedding
+
+  // No locality (as in random-weight models and, nearly, trained ones):
+  // a wanted neuron is cached with probability slots / n_ff. Dense passes
+  // keep the neurons they read first, so their misses are one run.
+  std::mt19937_64 rng(0x5eed);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::vector<int32_t> misses;
+  ReadPlan plan;
+  for (const LayerLayout& l : lay.layers) {
+    const int32_t n_ff = l.geometry.n_ff;
+    const size_t bb = l.geometry.bundle_bytes();
+    const int32_t slots = split.Slots(n_ff, bb);
+    misses.clear();
+    for (int32_t i = 0; i < n_ff; ++i) {
+      if (keep >= 1.0) {
+        if (i >= slots) misses.push_back(i);
+      } else if (uniform(rng) < keep &&
+                 uniform(rng) >= static_cast<double>(slots) / n_ff) {
+        misses.push_back(i);
+      }
+    }
+    absl::StatusOr<ReadPlanner> planner = ReadPlanner::Create(
+        {l.bundles.offset, bb, n_ff}, PlannerOptions(options, alignment));
+    FLASHD_CHECK(planner.ok());
+    plan.Reserve(ReadPlanner::MaxReads(misses.size()));
+    planner->Plan(misses, &plan);
+    for (const PlannedRead& r : plan.reads()) read(r.length);
+  }
+  return e;
 }
 
 absl::StatusOr<std::unique_ptr<FlashSource>> OpenFlashModeSource(

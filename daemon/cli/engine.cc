@@ -51,11 +51,32 @@ absl::StatusOr<std::string> ReadAll(const std::string& path) {
   return ss.str();
 }
 
-// Sets up sparsity per --sparsity: "off", "auto" (the calibrated default
-// when a .sparsity file is there, else off), "default", or "keep=F".
+// Whether `estimate` reads less than `than` (by the cost model's seconds
+// when there is one, else by bytes).
+bool ReadsLess(const flash::ReadEstimate& estimate,
+               const flash::ReadEstimate& than) {
+  return than.seconds > 0 ? estimate.seconds < than.seconds
+                          : estimate.bytes < than.bytes;
+}
+
+std::string DescribeReads(const flash::ReadEstimate& e) {
+  if (!e.fits) return "does not fit the budget";
+  std::string s = e.bytes >= (uint64_t{1} << 20)
+                      ? absl::StrFormat("%.0f MiB", e.bytes / 1048576.0)
+                      : absl::StrFormat("%.0f KiB", e.bytes / 1024.0);
+  if (e.seconds > 0) absl::StrAppendFormat(&s, ", %.0f ms", e.seconds * 1e3);
+  return s;
+}
+
+// Sets up sparsity per --sparsity: "off", "default", "keep=F", or "auto":
+// the calibrated default when a .sparsity file is there, the mode is flash
+// and, under the budget, the predictor is expected to save flash reads:
+// its memory comes out of the neuron caches, so at keep 0.8 it often costs
+// more reads than skipping neurons saves (docs/design/sparsity.md).
+// `source` is the flash-mode source's options (null in the other modes).
 absl::Status OpenSparsity(const Args& args, const std::string& model_path,
                           uint64_t source_identity, int32_t max_batch,
-                          Engine& e) {
+                          const flash::SourceOptions* source, Engine& e) {
   const std::string flag = args.Get("sparsity");
   std::string file = args.Get("sparsity-file");
   if (file.empty()) file = ReplaceExtension(model_path, ".sparsity");
@@ -67,6 +88,12 @@ absl::Status OpenSparsity(const Args& args, const std::string& model_path,
     if (!Exists(file)) {
       e.sparsity_desc = absl::StrCat("off (dense-exact; no ", file,
                                      ": run flashd calibrate)");
+      return absl::OkStatus();
+    }
+    if (source == nullptr || source->mode != flash::Mode::kFlash) {
+      e.sparsity_desc = absl::StrCat(
+          "off (dense-exact; auto uses ", file, " only in mode flash, where "
+          "skipping neurons saves reads; --sparsity default forces it)");
       return absl::OkStatus();
     }
     keep = kDefaultKeep;
@@ -86,14 +113,39 @@ absl::Status OpenSparsity(const Args& args, const std::string& model_path,
   absl::StatusOr<std::unique_ptr<SparsityProfile>> profile =
       SparsityProfile::Load(file, e.loaded.model->config, source_identity);
   if (!profile.ok()) return profile.status();
+  std::string chosen;
+  if (flag == "auto") {
+    // Reads are direct (page-aligned) unless the calibrated file was not.
+    const size_t alignment = source->profile != nullptr
+                                 ? source->profile->alignment
+                                 : flash::kFlashAlign;
+    const flash::ReadEstimate dense = flash::EstimateFlashDecodeReads(
+        *e.flash_file, *source, 1.0, alignment);
+    flash::SourceOptions with_predictor = *source;
+    with_predictor.predictor_bytes = (*profile)->PredictorBytes();
+    const flash::ReadEstimate sparse =
+        flash::EstimateFlashDecodeReads(*e.flash_file, with_predictor, keep,
+                                        alignment);
+    const std::string reads = absl::StrCat(
+        "estimated reads per token: keep ", absl::StrFormat("%.2f", keep),
+        " with its predictor ", DescribeReads(sparse), ", dense ",
+        DescribeReads(dense));
+    if (!sparse.fits || (dense.fits && !ReadsLess(sparse, dense))) {
+      e.sparsity_desc =
+          absl::StrCat("off (dense-exact; auto: ", reads,
+                       "; --sparsity default forces sparsity)");
+      return absl::OkStatus();
+    }
+    chosen = absl::StrCat(", auto: ", reads);
+  }
   e.sparsity = std::move(*profile);
   absl::StatusOr<std::unique_ptr<NeuronSelector>> selector =
       e.sparsity->MakeSelector(keep, e.pool.get(), max_batch);
   if (!selector.ok()) return selector.status();
   e.selector = std::move(*selector);
   e.sparsity_desc = absl::StrFormat(
-      "keep %.2f of FFN neurons (predictor %.1f MiB, %s)", keep,
-      e.sparsity->PredictorBytes() / 1048576.0, file);
+      "keep %.2f of FFN neurons (predictor %.1f MiB, %s%s)", keep,
+      e.sparsity->PredictorBytes() / 1048576.0, file, chosen);
   return absl::OkStatus();
 }
 
@@ -123,8 +175,10 @@ void AddEngineFlags(Args& args, bool daemon) {
       .Flag("window", "4",
             "flash mode: neurons used by the last N tokens stay cached")
       .Flag("sparsity", "auto",
-            "off (dense-exact), default, keep=F, or auto (default when a "
-            ".sparsity file is found, else off)")
+            "off (dense-exact), default (keep 0.8), keep=F, or auto: default "
+            "in mode flash when a .sparsity file is found and, under the "
+            "budget, the I/O cost model expects it to read less than "
+            "dense-exact; else off")
       .Flag("sparsity-file", "",
             "sparsity profile (default: model with extension .sparsity)")
       .Flag("cache-shm", daemon ? "auto" : "",
@@ -195,7 +249,8 @@ absl::StatusOr<Engine> OpenEngine(const Args& args) {
           "mode resident: ", e.loaded.model->WeightBytes(),
           " bytes (every weight); use --mode flash or layer"));
     }
-    if (args.Get("sparsity") != "off") {
+    // Only an explicit setting uses sparsity in this mode (see OpenSparsity).
+    if (args.Get("sparsity") != "off" && args.Get("sparsity") != "auto") {
       absl::StatusOr<uint64_t> id = flash::SourceIdentity(model_path);
       if (!id.ok()) return id.status();
       source_identity = *id;
@@ -246,25 +301,29 @@ absl::StatusOr<Engine> OpenEngine(const Args& args) {
   int32_t n_ctx = static_cast<int32_t>(*ctx);
   if (n_ctx == 0) n_ctx = std::min<int32_t>(c.n_ctx_train, 4096);
   const int32_t max_batch = static_cast<int32_t>(*batch);
-  absl::Status s = OpenSparsity(args, model_path, source_identity, max_batch, e);
-  if (!s.ok()) return s;
+  flash::SourceOptions so;
   if (e.flash_file != nullptr) {
-    flash::SourceOptions so;
     so.mode = e.mode;
     so.dram_budget = e.dram_budget;
-    so.predictor_bytes = e.sparsity ? e.sparsity->PredictorBytes() : 0;
     so.window = static_cast<int32_t>(*window);
+    so.profile = e.io_profile.get();
+    if (e.io_profile != nullptr && e.io_profile->best_read_size > 0) {
+      so.max_read_bytes = e.io_profile->best_read_size;
+      so.queue_depth = e.io_profile->best_queue_depth;
+    }
+  }
+  absl::Status s =
+      OpenSparsity(args, model_path, source_identity, max_batch,
+                   e.flash_file != nullptr ? &so : nullptr, e);
+  if (!s.ok()) return s;
+  if (e.flash_file != nullptr) {
+    so.predictor_bytes = e.sparsity ? e.sparsity->PredictorBytes() : 0;
     so.cache_segment = args.Get("cache-shm");
     if (so.cache_segment == "auto") {
       so.cache_segment = e.mode == flash::Mode::kFlash
                              ? flash::AutoCacheSegmentName(*e.flash_file, so)
                              : "";
       so.cache_segment_auto = true;
-    }
-    so.profile = e.io_profile.get();
-    if (e.io_profile != nullptr && e.io_profile->best_read_size > 0) {
-      so.max_read_bytes = e.io_profile->best_read_size;
-      so.queue_depth = e.io_profile->best_queue_depth;
     }
     absl::StatusOr<std::unique_ptr<flash::FlashSource>> src =
         flash::OpenFlashSource(*e.flash_file, so, e.pool.get(), max_batch);
