@@ -293,6 +293,15 @@ class Faults : public ::testing::Test {
     const std::vector<int32_t> ids = {1, 450, 4996, 17354};
     return EvalPrompt(*s->forward, kv, ids, false, [](int32_t, const float*) {});
   }
+  // A keep-0.5 sparsity profile for this file, calibrated on `ids`.
+  absl::StatusOr<std::unique_ptr<SparsityProfile>> CalibrateHalf(
+      const LoadedModel& lm, Forward& resident, ThreadPool* pool,
+      const std::vector<int32_t>& ids) {
+    CalibrateOptions co;
+    co.keep = {0.5};
+    co.source_identity = file_->layout().source_identity;
+    return Calibrate(*lm.model, resident, pool, {ids}, co);
+  }
   std::string model_, flash_;
   std::unique_ptr<FlashFile> file_;
 };
@@ -669,11 +678,8 @@ TEST_F(Faults, SparseFlashModeMatchesMaskedResident) {
       lm->tokenizer->Encode(ReadFileBytes(SharedPath("golden/p1.txt")), true);
   ThreadPool pool(2);
   Forward resident(*lm->model, &pool, 128, 16);
-  CalibrateOptions co;
-  co.keep = {0.5};
-  co.source_identity = file_->layout().source_identity;
   absl::StatusOr<std::unique_ptr<SparsityProfile>> profile =
-      Calibrate(*lm->model, resident, &pool, {ids}, co);
+      CalibrateHalf(*lm, resident, &pool, ids);
   ASSERT_TRUE(profile.ok()) << profile.status();
   absl::StatusOr<std::unique_ptr<NeuronSelector>> sel_resident =
       (*profile)->MakeSelector(0.5, &pool, 16);
@@ -739,11 +745,8 @@ TEST_F(Faults, ReadEstimateAgreesWithWhatDecodeReads) {
   ids.resize(64);
   ThreadPool pool(2);
   Forward resident(*lm->model, &pool, 128, 16);
-  CalibrateOptions co;
-  co.keep = {0.5};
-  co.source_identity = file_->layout().source_identity;
   absl::StatusOr<std::unique_ptr<SparsityProfile>> profile =
-      Calibrate(*lm->model, resident, &pool, {ids}, co);
+      CalibrateHalf(*lm, resident, &pool, ids);
   ASSERT_TRUE(profile.ok()) << profile.status();
 
   SourceOptions o;
