@@ -757,7 +757,10 @@ TEST_F(Faults, ReadEstimateAgreesWithWhatDecodeReads) {
   o.dram_budget =
       MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 16;
   auto estimate = [&](const SourceOptions& so, double keep) {
-    return EstimateFlashDecodeReads(*file_, so, keep, 1);
+    absl::StatusOr<ReadEstimate> e =
+        EstimateFlashDecodeReads(*file_, so, keep, 1);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.value_or(ReadEstimate{});
   };
   SourceOptions unbounded = o;
   unbounded.dram_budget = 0;

@@ -164,10 +164,11 @@ uint64_t MinimumBudget(const FlashFile& file, Mode mode,
 // uses, with reads aligned to `alignment` (the file's
 // required_alignment(): kFlashAlign under O_DIRECT, 1 buffered); a streamed
 // classifier and embedding row are included. An estimate from the layout
-// and the cost model, not a measurement.
-ReadEstimate EstimateFlashDecodeReads(const FlashFile& file,
-                                      const SourceOptions& options,
-                                      double keep, size_t alignment);
+// and the cost model, not a measurement. Errors: options the read planner
+// refuses (as OpenFlashSource would).
+absl::StatusOr<ReadEstimate> EstimateFlashDecodeReads(
+    const FlashFile& file, const SourceOptions& options, double keep,
+    size_t alignment);
 
 // Creates the source for options.mode (not kResident). `file` and `pool`
 // must outlive it. Errors: budget below the minimum, the file cannot be

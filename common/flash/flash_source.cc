@@ -692,9 +692,9 @@ uint64_t FlashModeMinimum(const FlashFile& file, uint64_t predictor_bytes) {
   return Measure(file).minimum(predictor_bytes);
 }
 
-ReadEstimate EstimateFlashDecodeReads(const FlashFile& file,
-                                      const SourceOptions& options,
-                                      double keep, size_t alignment) {
+absl::StatusOr<ReadEstimate> EstimateFlashDecodeReads(
+    const FlashFile& file, const SourceOptions& options, double keep,
+    size_t alignment) {
   const FlashLayout& lay = file.layout();
   const Footprint fp = Measure(file);
   ReadEstimate e;
@@ -742,7 +742,7 @@ ReadEstimate EstimateFlashDecodeReads(const FlashFile& file,
     }
     absl::StatusOr<ReadPlanner> planner = ReadPlanner::Create(
         {l.bundles.offset, bb, n_ff}, PlannerOptions(options, alignment));
-    FLASHD_CHECK(planner.ok());
+    if (!planner.ok()) return planner.status();
     plan.Reserve(ReadPlanner::MaxReads(misses.size()));
     planner->Plan(misses, &plan);
     for (const PlannedRead& r : plan.reads()) read(r.length);

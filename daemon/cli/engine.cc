@@ -119,13 +119,18 @@ absl::Status OpenSparsity(const Args& args, const std::string& model_path,
     const size_t alignment = source->profile != nullptr
                                  ? source->profile->alignment
                                  : flash::kFlashAlign;
-    const flash::ReadEstimate dense = flash::EstimateFlashDecodeReads(
-        *e.flash_file, *source, 1.0, alignment);
+    const absl::StatusOr<flash::ReadEstimate> dense_or =
+        flash::EstimateFlashDecodeReads(*e.flash_file, *source, 1.0,
+                                        alignment);
+    if (!dense_or.ok()) return dense_or.status();
     flash::SourceOptions with_predictor = *source;
     with_predictor.predictor_bytes = (*profile)->PredictorBytes();
-    const flash::ReadEstimate sparse =
+    const absl::StatusOr<flash::ReadEstimate> sparse_or =
         flash::EstimateFlashDecodeReads(*e.flash_file, with_predictor, keep,
                                         alignment);
+    if (!sparse_or.ok()) return sparse_or.status();
+    const flash::ReadEstimate& dense = *dense_or;
+    const flash::ReadEstimate& sparse = *sparse_or;
     const std::string reads = absl::StrCat(
         "estimated reads per token: keep ", absl::StrFormat("%.2f", keep),
         " with its predictor ", DescribeReads(sparse), ", dense ",
