@@ -247,6 +247,8 @@ TEST_F(SparsityTest, FileRoundTrip) {
   EXPECT_EQ((*q)->settings(), std::vector<double>({0.9f, 0.6f}));
   EXPECT_EQ((*q)->predictor().variant(), PredictorVariant::kGateUp);
   EXPECT_EQ((*q)->PredictorBytes(), p->PredictorBytes());
+  EXPECT_EQ(SparsityProfile::PeekPredictorBytes(path, model().config).value(),
+            p->PredictorBytes());
   EXPECT_EQ((*q)->source_identity(), kIdentity);
   EXPECT_EQ((*q)->calib_tokens(), CountTokens(*calib_));
   EXPECT_EQ((*q)->eval_tokens(), CountTokens(*eval_));

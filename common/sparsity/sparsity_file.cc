@@ -224,6 +224,27 @@ absl::Status SparsityProfile::Write(const std::string& path) const {
   return w.Write(path);
 }
 
+absl::StatusOr<size_t> SparsityProfile::PeekPredictorBytes(
+    const std::string& path, const ModelConfig& config) {
+  absl::StatusOr<std::unique_ptr<GgufFile>> f = GgufFile::Open(path);
+  if (!f.ok()) return f.status();
+  absl::StatusOr<std::string> name = (*f)->GetString(Key("predictor"));
+  if (!name.ok()) {
+    return Error(absl::StatusCode::kInvalidArgument, path,
+                 absl::StrCat("not a flashd sparsity file: ",
+                              name.status().message()));
+  }
+  absl::StatusOr<PredictorVariant> variant = ParsePredictorVariant(*name);
+  if (!variant.ok()) {
+    return Error(absl::StatusCode::kInvalidArgument, path,
+                 std::string(variant.status().message()));
+  }
+  const size_t matrix =
+      static_cast<size_t>(config.n_ff) * RowSize(Predictor::kType, config.n_embd);
+  const size_t per_layer = *variant == PredictorVariant::kGateUp ? 2 : 1;
+  return matrix * per_layer * static_cast<size_t>(config.n_layer);
+}
+
 absl::StatusOr<std::unique_ptr<SparsityProfile>> SparsityProfile::Load(
     const std::string& path, const ModelConfig& config,
     uint64_t expected_source_identity) {

@@ -78,6 +78,12 @@ class SparsityProfile {
       const std::string& path, const ModelConfig& config,
       uint64_t expected_source_identity);
 
+  // The PredictorBytes() that Load(path, config, ...) would give, from the
+  // file's header alone (the predictor variant; nothing else is checked or
+  // read, which Load still does). Errors name the path.
+  static absl::StatusOr<size_t> PeekPredictorBytes(const std::string& path,
+                                                   const ModelConfig& config);
+
   // Writes the profile as a GGUF file (via path.tmp, then rename).
   absl::Status Write(const std::string& path) const;
 

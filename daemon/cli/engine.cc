@@ -110,11 +110,12 @@ absl::Status OpenSparsity(const Args& args, const std::string& model_path,
     e.sparsity_desc = "off (dense-exact)";
     return absl::OkStatus();
   }
-  absl::StatusOr<std::unique_ptr<SparsityProfile>> profile =
-      SparsityProfile::Load(file, e.loaded.model->config, source_identity);
-  if (!profile.ok()) return profile.status();
   std::string chosen;
   if (flag == "auto") {
+    // Decided before loading: the predictor is read only when it is used.
+    absl::StatusOr<size_t> predictor_bytes =
+        SparsityProfile::PeekPredictorBytes(file, e.loaded.model->config);
+    if (!predictor_bytes.ok()) return predictor_bytes.status();
     // Reads are direct (page-aligned) unless the calibrated file was not.
     const size_t alignment = source->profile != nullptr
                                  ? source->profile->alignment
@@ -124,7 +125,7 @@ absl::Status OpenSparsity(const Args& args, const std::string& model_path,
                                         alignment);
     if (!dense_or.ok()) return dense_or.status();
     flash::SourceOptions with_predictor = *source;
-    with_predictor.predictor_bytes = (*profile)->PredictorBytes();
+    with_predictor.predictor_bytes = *predictor_bytes;
     const absl::StatusOr<flash::ReadEstimate> sparse_or =
         flash::EstimateFlashDecodeReads(*e.flash_file, with_predictor, keep,
                                         alignment);
@@ -143,6 +144,9 @@ absl::Status OpenSparsity(const Args& args, const std::string& model_path,
     }
     chosen = absl::StrCat(", auto: ", reads);
   }
+  absl::StatusOr<std::unique_ptr<SparsityProfile>> profile =
+      SparsityProfile::Load(file, e.loaded.model->config, source_identity);
+  if (!profile.ok()) return profile.status();
   e.sparsity = std::move(*profile);
   absl::StatusOr<std::unique_ptr<NeuronSelector>> selector =
       e.sparsity->MakeSelector(keep, e.pool.get(), max_batch);
