@@ -191,6 +191,11 @@ class DaemonProcess {
 };
 
 // Sets a deadline `seconds` from now on `ctx`.
+// `name` in the test's temporary directory.
+inline std::string TempPath(const std::string& name) {
+  return ::testing::TempDir() + "/" + name;
+}
+
 inline void SetDeadline(grpc::ClientContext* ctx, int seconds = 120) {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::seconds(seconds));

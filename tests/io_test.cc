@@ -17,34 +17,18 @@
 #include "common/io/uring_file.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/random_bytes_file.h"
 
 namespace flashd::io {
 namespace {
 
 using ::testing::HasSubstr;
 
-// A file under /var/tmp (not /tmp, which may be tmpfs) with known bytes;
-// removed on destruction.
-class TempFile {
+// Known bytes (seeded by the size) under /var/tmp or `dir`.
+class TempFile : public testing::RandomBytesFile {
  public:
   explicit TempFile(size_t size, const std::string& dir = "/var/tmp")
-      : path_(absl::StrCat(dir, "/flashd_io_test_", ::getpid(), "_", next_++)) {
-    bytes_.resize(size);
-    std::mt19937 rng(static_cast<uint32_t>(size));
-    for (char& c : bytes_) c = static_cast<char>(rng());
-    std::ofstream(path_, std::ios::binary) << bytes_;
-  }
-  ~TempFile() { std::remove(path_.c_str()); }
-  const std::string& path() const { return path_; }
-  const std::string& bytes() const { return bytes_; }
-  std::string Slice(uint64_t offset, size_t n) const {
-    return bytes_.substr(offset, n);
-  }
-
- private:
-  static inline int next_ = 0;
-  std::string path_;
-  std::string bytes_;
+      : RandomBytesFile(size, static_cast<uint32_t>(size), dir) {}
 };
 
 std::string AsString(const uint8_t* p, size_t n) {

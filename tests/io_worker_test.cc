@@ -20,39 +20,23 @@
 #include "common/io/posix_file.h"
 #include "common/io/uring_file.h"
 #include "gtest/gtest.h"
+#include "tests/random_bytes_file.h"
 
 namespace flashd::flash {
 namespace {
 
 constexpr size_t kFileSize = 1 << 20;
 
-// A file of random bytes under /var/tmp, removed on destruction.
-class TempFile {
+// kFileSize random bytes under /var/tmp.
+class TempFile : public testing::RandomBytesFile {
  public:
-  TempFile()
-      : path_(absl::StrCat("/var/tmp/flashd_io_worker_test_", ::getpid(), "_",
-                           next_++)) {
-    bytes_.resize(kFileSize);
-    std::mt19937 rng(5);
-    for (char& c : bytes_) c = static_cast<char>(rng());
-    std::ofstream(path_, std::ios::binary) << bytes_;
-  }
-  ~TempFile() { std::remove(path_.c_str()); }
+  TempFile() : RandomBytesFile(kFileSize, 5) {}
   std::unique_ptr<io::RandomAccessFile> Open() const {
     absl::StatusOr<std::unique_ptr<io::PosixFile>> f =
-        io::PosixFile::Open(path_);
+        io::PosixFile::Open(path());
     EXPECT_TRUE(f.ok()) << f.status();
     return std::move(*f);
   }
-  const std::string& path() const { return path_; }
-  std::string Slice(uint64_t offset, size_t n) const {
-    return bytes_.substr(offset, n);
-  }
-
- private:
-  static inline int next_ = 0;
-  std::string path_;
-  std::string bytes_;
 };
 
 std::string AsString(const std::vector<uint8_t>& b) {

@@ -23,6 +23,7 @@ namespace {
 
 using testing::GetStats;
 using testing::SetDeadline;
+using testing::TempPath;
 using testing::WaitForStats;
 
 using ::flashd::testing::DaemonProcess;
@@ -32,10 +33,6 @@ using ::flashd::testing::SharedPath;
 
 constexpr char kDog[] = "Once upon a time, there was a little dog";
 constexpr char kPark[] = "Tom and Sue went to the park";
-
-std::string TempPath(const std::string& name) {
-  return ::testing::TempDir() + "/" + name;
-}
 
 // What one Generate stream delivered.
 struct Stream {

@@ -27,15 +27,12 @@ namespace {
 
 using testing::GetStats;
 using testing::SetDeadline;
+using testing::TempPath;
 using testing::WaitForStats;
 
 using ::flashd::testing::DaemonProcess;
 using ::flashd::testing::HealthCheck;
 using ::flashd::testing::SharedPath;
-
-std::string TempPath(const std::string& name) {
-  return ::testing::TempDir() + "/" + name;
-}
 
 // A long sampled generation (random weights: EOS is unlikely).
 v1::GenerateRequest Long(int32_t max_tokens) {

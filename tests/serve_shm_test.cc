@@ -27,6 +27,7 @@ namespace {
 
 using testing::GetStats;
 using testing::SetDeadline;
+using testing::TempPath;
 using testing::WaitForStats;
 using ::flashd::testing::DaemonProcess;
 using ::flashd::testing::ReadIds;
@@ -35,10 +36,6 @@ using ::flashd::testing::SharedPath;
 constexpr char kDog[] = "Once upon a time, there was a little dog";
 constexpr uid_t kNobody = 65534;
 constexpr uid_t kOther = 65533;
-
-std::string TempPath(const std::string& name) {
-  return ::testing::TempDir() + "/" + name;
-}
 
 v1::GenerateRequest Request(const std::string& prompt, int32_t max_tokens,
                             v1::Delivery delivery, float temperature = 0) {

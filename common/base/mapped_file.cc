@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -78,24 +77,15 @@ absl::StatusOr<void*> ReadIntoAnonymous(int fd, size_t size,
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     const std::string& path, bool resident) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return FileErrnoStatus(errno, absl::StrCat("cannot open ", path));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    return FileErrnoStatus(err, absl::StrCat("cannot stat ", path));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is not a regular file"));
-  }
-  if (st.st_size == 0) {
+  uint64_t file_size = 0;
+  absl::StatusOr<int> opened = OpenRegularFile(path, 0, &file_size);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
+  if (file_size == 0) {
     ::close(fd);
     return absl::InvalidArgumentError(absl::StrCat(path, " is empty"));
   }
-  const size_t size = static_cast<size_t>(st.st_size);
+  const size_t size = static_cast<size_t>(file_size);
   void* p = nullptr;
   if (resident) {
     absl::StatusOr<void*> mem = ReadIntoAnonymous(fd, size, path);

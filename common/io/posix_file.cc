@@ -1,7 +1,5 @@
 #include "common/io/posix_file.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,25 +18,6 @@ namespace {
 constexpr size_t kMaxPreadBytes = size_t{1} << 30;
 
 }  // namespace
-
-absl::StatusOr<int> OpenRegularFile(const std::string& path, int extra_flags,
-                                    uint64_t* size) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | extra_flags);
-  if (fd < 0) return FileErrnoStatus(errno, absl::StrCat("cannot open ", path));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return FileErrnoStatus(err, absl::StrCat("cannot stat ", path));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is not a regular file"));
-  }
-  *size = static_cast<uint64_t>(st.st_size);
-  return fd;
-}
 
 absl::StatusOr<std::unique_ptr<PosixFile>> PosixFile::Open(
     const std::string& path, Options options) {

@@ -55,12 +55,6 @@ class PosixFile final : public RandomAccessFile {
   Options options_;
 };
 
-// Opens `path` (O_RDONLY | O_CLOEXEC | extra_flags) and checks it is a
-// regular file; returns the fd and stores its size. Errors as
-// PosixFile::Open. Shared with UringFile.
-absl::StatusOr<int> OpenRegularFile(const std::string& path, int extra_flags,
-                                    uint64_t* size);
-
 }  // namespace flashd::io
 
 #endif  // FLASHD_COMMON_IO_POSIX_FILE_H_

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/check.h"
+#include "common/base/errno_status.h"
 #include "common/io/posix_file.h"
 
 namespace flashd::io {
