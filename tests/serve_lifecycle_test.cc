@@ -204,9 +204,28 @@ TEST_F(NaiveDaemon, SigtermLetsARunningGenerationFinish) {
   Start("30");
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
-  auto reader = stub_->Generate(&ctx, Long(40));
+  auto reader = stub_->Generate(&ctx, Long(100));
   ASSERT_TRUE(ReadStarted(*reader, 0));
   daemon_.Signal(SIGTERM);
+  // Health turns NOT_SERVING once the drain began; from then on a new
+  // generation on the open connection is refused while the old one runs.
+  const auto t0 = std::chrono::steady_clock::now();
+  while (HealthCheck(daemon_.channel(), "") == 1 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  {
+    grpc::ClientContext late;
+    SetDeadline(&late);
+    auto refused = stub_->Generate(&late, Long(1));
+    v1::GenerateEvent ignored;
+    while (refused->Read(&ignored)) {
+    }
+    const grpc::Status status = refused->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_NE(status.error_message().find("shutting down"), std::string::npos)
+        << status.error_message();
+  }
   v1::GenerateEvent e;
   int32_t tokens = 0;
   bool done = false;
@@ -220,7 +239,7 @@ TEST_F(NaiveDaemon, SigtermLetsARunningGenerationFinish) {
   const grpc::Status status = reader->Finish();
   EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
   EXPECT_TRUE(done);
-  EXPECT_EQ(tokens, 40);
+  EXPECT_EQ(tokens, 100);
   const std::optional<int> code = daemon_.WaitExit(std::chrono::seconds(30));
   ASSERT_TRUE(code.has_value());
   EXPECT_EQ(*code, 0) << daemon_.log();

@@ -9,7 +9,6 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -20,8 +19,12 @@
 namespace flashd::server {
 namespace {
 
-// How long the connections stay open after the last call ended.
-constexpr std::chrono::milliseconds kCloseLinger(200);
+// After the last stream ended, how long shutdown waits at most for the
+// clients on the Unix socket to read what was sent to them, and then how
+// long the connections stay open regardless (the client's gRPC still has
+// to parse what it read; TCP clients are not tracked).
+constexpr std::chrono::milliseconds kReadWait(3000);
+constexpr std::chrono::milliseconds kCloseLinger(100);
 
 // mkdir -p with `mode` for the directories it creates.
 absl::Status MakeDirs(const std::string& dir, mode_t mode) {
@@ -170,19 +173,30 @@ void Server::Shutdown(std::chrono::milliseconds drain) {
   shut_down_ = true;
   if (listener_ != nullptr) listener_->Stop();  // no new connections
   if (server_ != nullptr) {
+    // Drain ourselves before gRPC's shutdown: once gRPC has sent GOAWAY it
+    // closes each connection as soon as its last call ends, possibly before
+    // the client read the end of its stream. A client whose gRPC then writes
+    // (a flow-control update) gets EPIPE and drops what it had not read: a
+    // finished generation seen as UNAVAILABLE. So: refuse new generations,
+    // wait for the running ones, let the clients read, and only then close.
+    service_->StopGenerating();
     if (grpc::HealthCheckServiceInterface* health =
             server_->GetHealthCheckService()) {
       health->Shutdown();  // NOT_SERVING from now on
     }
-    // Refuses new calls at once; cancels those still running at the
-    // deadline and returns when every reactor is done.
-    server_->Shutdown(std::chrono::system_clock::now() + drain);
-    // Every call has ended, but a client may still be reading its last
-    // events: closing the connections now (our exit) can make its next
-    // write (a flow-control update) fail with EPIPE, and gRPC then drops
-    // what it had received but not yet read -- a finished generation seen
-    // as UNAVAILABLE. Linger briefly so clients read to the end.
-    std::this_thread::sleep_for(kCloseLinger);
+    const auto now = std::chrono::steady_clock::now();
+    if (service_->WaitForStreams(now + drain)) {
+      const auto read_by = std::chrono::steady_clock::now() + kReadWait;
+      while (listener_ != nullptr && listener_->UnreadBytes() > 0 &&
+             std::chrono::steady_clock::now() < read_by) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      std::this_thread::sleep_for(kCloseLinger);
+    }
+    // Refuses new calls; cancels what still runs (generations past the
+    // drain timeout, a unary call in flight) and returns when every
+    // reactor is done.
+    server_->Shutdown(std::chrono::system_clock::now());
   }
   if (scheduler_ != nullptr) scheduler_->Stop();
   if (!options_.socket_path.empty()) {

@@ -36,9 +36,11 @@ class Server {
   // Shutdown(0) if not done yet.
   ~Server();
 
-  // Stops accepting calls and reports NOT_SERVING; running generations may
-  // finish until `drain` has passed, then they are cancelled. Then stops
-  // the inference thread and removes the socket file.
+  // Stops accepting connections, refuses new generations and reports
+  // NOT_SERVING; running generations may finish until `drain` has passed,
+  // then they are cancelled. Closes the connections once the clients read
+  // what was sent (at most 3 s more), then stops the inference thread and
+  // removes the socket file.
   void Shutdown(std::chrono::milliseconds drain);
 
   // Where clients connect, e.g. "unix:/run/flashd/flashd.sock".

@@ -67,8 +67,9 @@ void ToProto(const SessionEvent& e, v1::GenerateEvent* out) {
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>,
                               public EventWriter {
  public:
-  explicit GenerateReactor(std::shared_ptr<EventChannel> channel)
-      : channel_(std::move(channel)) {
+  GenerateReactor(FlashdService* service, std::shared_ptr<EventChannel> channel)
+      : service_(service), channel_(std::move(channel)) {
+    service_->StreamOpened();
     channel_->Attach(this);
   }
 
@@ -94,10 +95,13 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   void OnCancel() override { channel_->Cancel(); }
   void OnDone() override {
     channel_->Detach();  // the session sees cancelled() and is freed
+    FlashdService* service = service_;
     delete this;
+    service->StreamClosed();
   }
 
  private:
+  FlashdService* const service_;
   std::shared_ptr<EventChannel> channel_;
   v1::GenerateEvent message_;  // valid until its write completes
 };
@@ -132,10 +136,15 @@ FlashdService::FlashdService(const ServedModel& model, Scheduler* scheduler,
 grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   auto channel = std::make_shared<EventChannel>();
-  auto* reactor = new GenerateReactor(channel);
+  auto* reactor = new GenerateReactor(this, channel);
   absl::StatusOr<SessionRequest> parsed =
       ParseGenerateRequest(*request, *model_.tokenizer, limits_);
   absl::Status status = parsed.status();
+  if (status.ok() && !generating_.load()) {
+    status = absl::UnavailableError(
+        "flashd is shutting down and takes no new generations; retry once "
+        "it is back");
+  }
   std::unique_ptr<shm::TokenRingWriter> ring;
   if (status.ok() && parsed->shared_memory) {
     absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> made =
@@ -153,6 +162,23 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
     channel->Push(std::move(error));
   }
   return reactor;
+}
+
+void FlashdService::StopGenerating() { generating_.store(false); }
+
+bool FlashdService::WaitForStreams(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(streams_mu_);
+  return streams_cv_.wait_until(lock, deadline, [&] { return open_streams_ == 0; });
+}
+
+void FlashdService::StreamOpened() {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  ++open_streams_;
+}
+
+void FlashdService::StreamClosed() {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  if (--open_streams_ == 0) streams_cv_.notify_all();
 }
 
 absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(

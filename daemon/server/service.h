@@ -8,8 +8,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -63,6 +65,17 @@ class FlashdService final : public v1::Flashd::CallbackService {
                                      const v1::GetStatsRequest* request,
                                      v1::Stats* response) override;
 
+  // Shutdown, first step: Generate calls from now on end at once with
+  // UNAVAILABLE; streams already open run on.
+  void StopGenerating();
+  // Waits until every Generate stream has ended (its reactor's OnDone
+  // ran) or `deadline` passes; true when none is left.
+  bool WaitForStreams(std::chrono::steady_clock::time_point deadline);
+
+  // Generate reactors call these from their constructor and OnDone.
+  void StreamOpened();
+  void StreamClosed();
+
  private:
   // A ring for the client of the call `context`.
   absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> MakeRing(
@@ -74,6 +87,11 @@ class FlashdService final : public v1::Flashd::CallbackService {
   const std::chrono::steady_clock::time_point started_;
   std::atomic<uint64_t> next_ring_id_{1};
   size_t max_piece_bytes_ = 0;  // longest vocabulary piece
+
+  std::atomic<bool> generating_{true};  // false after StopGenerating()
+  std::mutex streams_mu_;
+  std::condition_variable streams_cv_;
+  int64_t open_streams_ = 0;  // guarded by streams_mu_
 };
 
 }  // namespace flashd::server

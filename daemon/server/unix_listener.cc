@@ -1,16 +1,20 @@
 #include "daemon/server/unix_listener.h"
 
+#include <linux/sockios.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdint>
 #include <cstring>
+#include <string_view>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -69,7 +73,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Listen(
     ::unlink(path.c_str());
     return FileErrnoStatus(err, "eventfd");
   }
-  return std::unique_ptr<UnixListener>(new UnixListener(fd, wake));
+  return std::unique_ptr<UnixListener>(new UnixListener(path, fd, wake));
 }
 
 UnixListener::~UnixListener() {
@@ -93,6 +97,33 @@ void UnixListener::Stop() {
   }
 }
 
+uint64_t UnixListener::UnreadBytes() const {
+  std::lock_guard<std::mutex> lock(handed_mu_);
+  uint64_t unread = 0;
+  for (int fd : handed_) {
+    // Still one of our connections? (Its number may now name another file.)
+    sockaddr_un local{};
+    socklen_t len = sizeof(local);
+    int type = 0;
+    socklen_t type_len = sizeof(type);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0 ||
+        local.sun_family != AF_UNIX ||
+        ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 ||
+        type != SOCK_STREAM ||
+        len <= offsetof(sockaddr_un, sun_path) ||
+        path_ != std::string_view(local.sun_path,
+                                  ::strnlen(local.sun_path,
+                                            len - offsetof(sockaddr_un, sun_path)))) {
+      continue;
+    }
+    int queued = 0;
+    if (::ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0) {
+      unread += static_cast<uint64_t>(queued);
+    }
+  }
+  return unread;
+}
+
 void UnixListener::Run(grpc::Server* server) {
   pollfd fds[2] = {{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
   while (true) {
@@ -113,6 +144,10 @@ void UnixListener::Run(grpc::Server* server) {
       std::fprintf(stderr, "flashd serve: accept: %s\n", std::strerror(err));
       ::poll(fds + 1, 1, 100);
       continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(handed_mu_);
+      handed_.insert(conn);
     }
     grpc::AddInsecureChannelFromFd(server, conn);
     accepted_.fetch_add(1);

@@ -16,8 +16,11 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -58,14 +61,27 @@ class UnixListener {
   // Connections accepted so far.
   uint64_t accepted() const { return accepted_.load(); }
 
+  // Bytes the daemon sent on its open connections that their clients have
+  // not read yet (SIOCOUTQ). Shutdown waits for 0 before gRPC closes the
+  // connections: a client that writes to a closed connection (gRPC sends
+  // flow-control updates as it reads) gets EPIPE and drops what it had not
+  // read, so a generation that finished would end UNAVAILABLE.
+  uint64_t UnreadBytes() const;
+
  private:
-  UnixListener(int fd, int wake_fd) : fd_(fd), wake_fd_(wake_fd) {}
+  UnixListener(std::string path, int fd, int wake_fd)
+      : path_(std::move(path)), fd_(fd), wake_fd_(wake_fd) {}
   void Run(grpc::Server* server);
 
+  const std::string path_;
   int fd_;             // the listening socket; -1 after Stop()
   const int wake_fd_;  // eventfd: Stop() wakes the thread
   std::thread thread_;
   std::atomic<uint64_t> accepted_{0};
+  // Descriptor numbers handed to gRPC. gRPC closes them and the numbers
+  // get reused, so UnreadBytes checks each is still a connection to path_.
+  mutable std::mutex handed_mu_;
+  std::set<int> handed_;  // guarded by handed_mu_
 };
 
 }  // namespace flashd::server
