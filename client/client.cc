@@ -242,17 +242,18 @@ absl::Status Client::Generate(const v1::GenerateRequest& request,
 absl::Status Client::ReadRing(const v1::Started& started,
                               const GenerateCallback& on_event,
                               CancelToken* cancel, bool* go_on) {
+  const std::string path =
+      started.shm_path().empty()
+          ? absl::StrCat("/dev/shm/", started.shm_name())
+          : started.shm_path();
   const std::string where =
-      absl::StrCat("Generate on ", target_, ": token ring ", started.shm_name());
+      absl::StrCat("Generate on ", target_, ": token ring ", path);
   absl::StatusOr<std::unique_ptr<shm::TokenRingReader>> ring =
-      shm::TokenRingReader::Attach(started.shm_name(), started.shm_session_id());
+      shm::TokenRingReader::Attach(path, started.shm_session_id());
   if (!ring.ok()) {
     return absl::Status(ring.status().code(),
                         absl::StrCat(where, ": ", ring.status().message()));
   }
-  // We own the file: unlink the name now, so nothing is left in /dev/shm
-  // whatever happens to either side later.
-  (void)(*ring)->Unlink();
   v1::GenerateEvent token_event;
   while (*go_on) {
     if (cancel != nullptr && cancel->cancelled()) return absl::OkStatus();

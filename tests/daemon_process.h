@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -24,10 +25,18 @@
 
 #include "flashd/v1/flashd.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "tests/shm_test_dir.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 
 namespace flashd::testing {
+
+// The --shm-dir every `flashd serve` a test spawns uses unless the test
+// names one: under this test process's own shared-memory directory, so
+// parallel tests keep apart and nothing outlives the test.
+inline std::string DaemonShmDir() {
+  return shm::TestShmDir()->PathOf("daemon");
+}
 
 // grpc.health.v1.Health/Check through the generic stub (Debian ships no
 // health.proto): returns the ServingStatus (1 = SERVING, 2 = NOT_SERVING),
@@ -92,6 +101,11 @@ class DaemonProcess {
     log_path_ = log_path;
     std::vector<std::string> argv_s = {binary};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
+    if (!args.empty() && args[0] == "serve" &&
+        std::find(args.begin(), args.end(), "--shm-dir") == args.end()) {
+      argv_s.push_back("--shm-dir");
+      argv_s.push_back(DaemonShmDir());
+    }
     std::vector<char*> argv;
     for (std::string& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <iterator>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -13,7 +15,10 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,12 +33,15 @@
 #include "common/io/posix_file.h"
 #include "common/model/model_loader.h"
 #include "common/sparsity/calibration.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/shm_test_dir.h"
 #include "tests/test_data.h"
 
 namespace flashd::flash {
 namespace {
 
+using ::testing::HasSubstr;
 using flashd::testing::ReadFileBytes;
 using flashd::testing::ReadIds;
 using flashd::testing::SharedPath;
@@ -378,6 +386,7 @@ TEST_F(Faults, CacheSegmentRestartsWarm) {
     o.open_file = BufferedOpener(nullptr);
     o.dram_budget = b;
     o.cache_segment = name;
+    o.cache_dir = shm::TestShmDir();
     return OpenStreamed(flash_, o, 64, 4);
   };
   const std::vector<int32_t> ids = {1, 450, 4996, 17354};
@@ -393,7 +402,7 @@ TEST_F(Faults, CacheSegmentRestartsWarm) {
   }
   // Corrupt one cached bundle in the segment: its slot must be dropped.
   {
-    std::fstream seg("/dev/shm/" + name,
+    std::fstream seg(shm::TestShmDir()->PathOf(name),
                      std::ios::in | std::ios::out | std::ios::binary);
     ASSERT_TRUE(seg.good());
     seg.seekp(4096 * 2 + 100);  // inside layer 0's first slot
@@ -430,7 +439,7 @@ TEST_F(Faults, CacheSegmentRestartsWarm) {
     ASSERT_TRUE(s.ok()) << s.status();
     EXPECT_EQ(s->source->stats().warm_neurons, 0u);
   }
-  std::filesystem::remove("/dev/shm/" + name);
+  std::filesystem::remove(shm::TestShmDir()->PathOf(name));
 }
 
 // Flash-mode options with the neuron caches in segment `name`.
@@ -440,6 +449,7 @@ SourceOptions SegmentOptions(const std::string& name, uint64_t budget) {
   o.open_file = BufferedOpener(nullptr);
   o.dram_budget = budget;
   o.cache_segment = name;
+  o.cache_dir = shm::TestShmDir();
   return o;
 }
 
@@ -464,7 +474,7 @@ void ExpectWarmAttach(const std::string& flash, const SourceOptions& options) {
 // once the holder is gone the next source attaches warm.
 TEST_F(Faults, CacheSegmentHeldByALiveSourceIsNotShared) {
   const std::string name = "flashd-test-excl-" + std::to_string(::getpid());
-  const std::string path = CacheSegment::PathOf(name);
+  const std::string path = shm::TestShmDir()->PathOf(name);
   std::filesystem::remove(path);
   const uint64_t min = MinimumBudget(*file_, Mode::kFlash, 0);
   const uint64_t budget = min + file_->file_size() / 4;
@@ -493,7 +503,7 @@ TEST_F(Faults, CacheSegmentHeldByALiveSourceIsNotShared) {
       }
     }
     absl::StatusOr<std::unique_ptr<CacheSegment>> raw =
-        CacheSegment::OpenOrCreate(name, 1, 8, {{4, 4096}});
+        CacheSegment::OpenOrCreate(shm::TestShmDir(), name, 1, 8, {{4, 4096}});
     EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition)
         << raw.status();
     EXPECT_EQ(std::filesystem::file_size(path), bytes);
@@ -508,7 +518,7 @@ TEST_F(Faults, CacheSegmentHeldByALiveSourceIsNotShared) {
 // segment over and re-adopts the (re-verified) neurons it left.
 TEST_F(Faults, CacheSegmentOfAKilledHolderIsTakenOver) {
   const std::string name = "flashd-test-kill-" + std::to_string(::getpid());
-  const std::string path = CacheSegment::PathOf(name);
+  const std::string path = shm::TestShmDir()->PathOf(name);
   std::filesystem::remove(path);
   const uint64_t budget =
       MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 4;
@@ -576,6 +586,86 @@ TEST_F(Faults, CacheSegmentFallbackKeepsCachesPrivate) {
   EXPECT_TRUE(EvalFourTokens(*s).ok());
 }
 
+// A file under the segment's name that is not ours alone (another mode, a
+// hard link, a symlink), even one whose holder keeps an flock on it, is
+// never locked, mapped or changed: an automatic segment falls back to
+// private memory saying why, an explicit one is refused.
+TEST_F(Faults, CacheSegmentThatIsNotOursAloneIsNeverUsed) {
+  const uint64_t budget =
+      MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 8;
+  const std::string name = "flashd-test-planted-" + std::to_string(::getpid());
+  const std::string path = shm::TestShmDir()->PathOf(name);
+  const std::string planted(8192, 'P');
+  struct Case {
+    const char* what;
+    std::function<void()> plant;
+    const char* why;
+  };
+  const std::string other = path + "-other";
+  const std::vector<Case> cases = {
+      {"world-writable", [&] { ::chmod(path.c_str(), 0666); },
+       "has mode 0666, not 0600"},
+      {"hard-linked",
+       [&] {
+         ::chmod(path.c_str(), 0600);
+         ASSERT_EQ(::link(path.c_str(), other.c_str()), 0);
+       },
+       "has 2 links"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    {
+      std::ofstream f(path, std::ios::binary);
+      f << planted;
+    }
+    c.plant();
+    const int holder = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(holder, 0);
+    ASSERT_EQ(::flock(holder, LOCK_EX | LOCK_NB), 0);  // the planter's lock
+    SourceOptions o = SegmentOptions(name, budget);
+    absl::StatusOr<Streamed> s = OpenStreamed(flash_, o, 64, 4);
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kPermissionDenied)
+        << s.status();
+    o.cache_segment_auto = true;
+    s = OpenStreamed(flash_, o, 64, 4);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->source->cache_segment(), "");
+    EXPECT_THAT(s->source->cache_segment_state(), HasSubstr(c.why));
+    EXPECT_TRUE(EvalFourTokens(*s).ok());
+    std::ifstream f(path, std::ios::binary);
+    const std::string after((std::istreambuf_iterator<char>(f)), {});
+    EXPECT_EQ(after, planted) << "the planted file was changed";
+    ::close(holder);
+    std::filesystem::remove(path);
+    std::filesystem::remove(other);
+  }
+  ASSERT_EQ(::symlink("/dev/null", path.c_str()), 0);
+  absl::StatusOr<Streamed> s =
+      OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kPermissionDenied)
+      << s.status();
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("is a symlink"));
+  std::filesystem::remove(path);
+}
+
+// Truncating the segment under a running engine (only its own uid or root
+// could) is a clear error for that engine, not a SIGBUS.
+TEST_F(Faults, TruncatedCacheSegmentIsAnErrorNotACrash) {
+  const uint64_t budget =
+      MinimumBudget(*file_, Mode::kFlash, 0) + file_->file_size() / 4;
+  const std::string name = "flashd-test-trunc-" + std::to_string(::getpid());
+  absl::StatusOr<Streamed> s =
+      OpenStreamed(flash_, SegmentOptions(name, budget), 64, 4);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(EvalFourTokens(*s).ok());
+  ASSERT_EQ(::truncate(shm::TestShmDir()->PathOf(name).c_str(), 0), 0);
+  absl::Status st = EvalFourTokens(*s);
+  EXPECT_FALSE(st.ok());
+  EXPECT_THAT(std::string(st.message()), HasSubstr("truncated")) << st;
+  EXPECT_FALSE(EvalFourTokens(*s).ok());  // and stays broken
+  std::filesystem::remove(shm::TestShmDir()->PathOf(name));
+}
+
 // The automatic name: stable for the same settings, different when what
 // sizes the caches (budget, predictor) or the window changes.
 TEST_F(Faults, AutoCacheSegmentNameFollowsTheSettings) {
@@ -619,7 +709,7 @@ TEST_F(Faults, AutoCacheSegmentRemovesStaleOnesOfTheSameFile) {
       std::string(kAutoCacheSegmentPrefix) + "test-" + std::to_string(::getpid());
   for (const std::string& n :
        {stale.cache_segment, held.cache_segment, fresh.cache_segment, foreign}) {
-    std::filesystem::remove(CacheSegment::PathOf(n));
+    std::filesystem::remove(shm::TestShmDir()->PathOf(n));
   }
   absl::StatusOr<Streamed> h = OpenStreamed(flash_, held, 64, 4);
   ASSERT_TRUE(h.ok()) << h.status();
@@ -628,10 +718,10 @@ TEST_F(Faults, AutoCacheSegmentRemovesStaleOnesOfTheSameFile) {
     ASSERT_TRUE(s.ok()) << s.status();
     ASSERT_TRUE(EvalFourTokens(*s).ok());
   }
-  ASSERT_TRUE(CacheSegment::OpenOrCreate(foreign, file_->layout().identity ^ 1,
+  ASSERT_TRUE(CacheSegment::OpenOrCreate(shm::TestShmDir(), foreign, file_->layout().identity ^ 1,
                                          8, {{4, 4096}})
                   .ok());
-  ASSERT_TRUE(std::filesystem::exists(CacheSegment::PathOf(stale.cache_segment)));
+  ASSERT_TRUE(std::filesystem::exists(shm::TestShmDir()->PathOf(stale.cache_segment)));
   {
     absl::StatusOr<Streamed> s = OpenStreamed(flash_, fresh, 64, 4);
     ASSERT_TRUE(s.ok()) << s.status();
@@ -640,14 +730,14 @@ TEST_F(Faults, AutoCacheSegmentRemovesStaleOnesOfTheSameFile) {
     EXPECT_NE(state.find(stale.cache_segment + " ("), std::string::npos) << state;
     EXPECT_EQ(state.find(held.cache_segment), std::string::npos) << state;
   }
-  EXPECT_FALSE(std::filesystem::exists(CacheSegment::PathOf(stale.cache_segment)));
-  EXPECT_TRUE(std::filesystem::exists(CacheSegment::PathOf(held.cache_segment)));
-  EXPECT_TRUE(std::filesystem::exists(CacheSegment::PathOf(fresh.cache_segment)));
-  EXPECT_TRUE(std::filesystem::exists(CacheSegment::PathOf(foreign)));
+  EXPECT_FALSE(std::filesystem::exists(shm::TestShmDir()->PathOf(stale.cache_segment)));
+  EXPECT_TRUE(std::filesystem::exists(shm::TestShmDir()->PathOf(held.cache_segment)));
+  EXPECT_TRUE(std::filesystem::exists(shm::TestShmDir()->PathOf(fresh.cache_segment)));
+  EXPECT_TRUE(std::filesystem::exists(shm::TestShmDir()->PathOf(foreign)));
   h = absl::UnknownError("closed");
   for (const std::string& n :
        {stale.cache_segment, held.cache_segment, fresh.cache_segment, foreign}) {
-    std::filesystem::remove(CacheSegment::PathOf(n));
+    std::filesystem::remove(shm::TestShmDir()->PathOf(n));
   }
 }
 

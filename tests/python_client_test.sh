@@ -127,7 +127,7 @@ else
   "$flashd" make-model --preset tiny --type q8_0 --out "$tmp/tiny.gguf" > /dev/null ||
     fail "make-model"
   rsock=$tmp/flashd.sock
-  "$flashd" serve --model "$tmp/tiny.gguf" --socket "$rsock" > "$tmp/serve.log" 2>&1 &
+  "$flashd" serve --model "$tmp/tiny.gguf" --socket "$rsock" --shm-dir "$tmp/shm" > "$tmp/serve.log" 2>&1 &
   pids+=($!)
   if ! wait_socket "$rsock" 30; then
     fail "flashd serve did not create $rsock: $(tail -5 "$tmp/serve.log")"

@@ -4,6 +4,8 @@
 // other users cannot reach, a client killed mid-stream, and the daemon
 // SIGKILLed and restarted under load (UNAVAILABLE, then success, the
 // neuron cache re-attached warm).
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,11 +50,11 @@ v1::GenerateRequest Request(const std::string& prompt, int32_t max_tokens,
   return r;
 }
 
-// Token rings of daemon `pid` still named in /dev/shm.
+// Token rings of daemon `pid` still named in its shared-memory directory.
 int RingsOf(pid_t pid) {
   int n = 0;
   const std::string prefix = shm::TokenRingPrefix(pid);
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+  for (const auto& e : std::filesystem::directory_iterator(testing::DaemonShmDir())) {
     n += e.path().filename().string().rfind(prefix, 0) == 0;
   }
   return n;
@@ -78,12 +80,12 @@ int RingClient(const std::string& arg) {
     std::printf("NO STARTED: %s\n", reader->Finish().error_message().c_str());
     return 1;
   }
-  std::printf("RING %s %llu\n", e.started().shm_name().c_str(),
+  std::printf("RING %s %llu\n", e.started().shm_path().c_str(),
               static_cast<unsigned long long>(e.started().shm_session_id()));
   std::fflush(stdout);
   struct stat st;
   while (::stat((parts[1] + "/go").c_str(), &st) != 0) ::usleep(10000);
-  auto ring = shm::TokenRingReader::Attach(e.started().shm_name(),
+  auto ring = shm::TokenRingReader::Attach(e.started().shm_path(),
                                            e.started().shm_session_id());
   if (!ring.ok()) {
     std::printf("ATTACH: %s\n", ring.status().ToString().c_str());
@@ -225,7 +227,7 @@ TEST_F(StoriesShm, TheClientLibraryReadsTheRing) {
   v1::Done done;
   const absl::Status status = (*c)->Generate(
       Request(kDog, 300, v1::SHARED_MEMORY), [&](const v1::GenerateEvent& e) {
-        if (e.has_started()) ring = e.started().shm_name();
+        if (e.has_started()) ring = e.started().shm_path();
         if (e.has_token()) ids.push_back(e.token().id());
         if (e.has_done()) done = e.done();
         return true;
@@ -237,7 +239,7 @@ TEST_F(StoriesShm, TheClientLibraryReadsTheRing) {
   EXPECT_EQ(done.reason(), v1::EOS);
   EXPECT_EQ(done.timings().generated_tokens(), static_cast<int32_t>(ids.size()));
   struct stat st;
-  EXPECT_NE(::stat(("/dev/shm/" + ring).c_str(), &st), 0) << "ring left behind";
+  EXPECT_NE(::stat(ring.c_str(), &st), 0) << "ring left behind";
 }
 
 TEST_F(StoriesShm, OnlyTheCallersUidCanMapItsRing) {
@@ -274,7 +276,7 @@ TEST_F(StoriesShm, OnlyTheCallersUidCanMapItsRing) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_FALSE(name.empty()) << owner.log();
-  ASSERT_EQ(::stat(("/dev/shm/" + name).c_str(), &st), 0);
+  ASSERT_EQ(::stat(name.c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, kNobody);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 
@@ -304,17 +306,18 @@ TEST_F(StoriesShm, OnlyTheCallersUidCanMapItsRing) {
     return s.shm_segments() == 0;
   });
   EXPECT_EQ(s.shm_segments(), 0u);
-  EXPECT_NE(::stat(("/dev/shm/" + name).c_str(), &st), 0) << "ring left behind";
+  EXPECT_NE(::stat(name.c_str(), &st), 0) << "ring left behind";
 }
 
 // tl-small converted to .flash, served in flash mode at 60% of the file
 // with the neuron cache in a shared-memory segment of this test's own.
 class FlashShm : public ::testing::Test {
  protected:
-  void TearDown() override { ::unlink(("/dev/shm/" + cache_).c_str()); }
+  void TearDown() override { ::unlink(CachePath().c_str()); }
+  std::string CachePath() const { return testing::DaemonShmDir() + "/" + cache_; }
   void SetUp() override {
     cache_ = absl::StrCat("flashd-test-cache-", ::getpid());
-    ::unlink(("/dev/shm/" + cache_).c_str());
+    ::unlink(CachePath().c_str());
     FLASHD_REQUIRE_SHARED(SharedPath("models/tl-small-Q8_0.gguf"));
     flash_ = TempPath("tl-small.flash");
     DaemonProcess convert;
@@ -325,13 +328,14 @@ class FlashShm : public ::testing::Test {
     socket_ = TempPath("flashd.sock");
   }
 
-  void Start(DaemonProcess& d, const std::string& log) {
-    ASSERT_TRUE(d.Start(FLASHD_BINARY,
-                        {"serve", "--model", flash_, "--mode", "flash",
-                         "--dram-budget", "60%", "--threads", "1", "--ctx", "2048",
-                         "--max-sessions", "8", "--cache-shm", cache_,
-                         "--socket", socket_},
-                        TempPath(log), "unix:" + socket_))
+  void Start(DaemonProcess& d, const std::string& log,
+             const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {
+        "serve", "--model", flash_, "--mode", "flash", "--dram-budget", "60%",
+        "--threads", "1", "--ctx", "2048", "--max-sessions", "8",
+        "--cache-shm", cache_, "--socket", socket_};
+    args.insert(args.end(), extra.begin(), extra.end());
+    ASSERT_TRUE(d.Start(FLASHD_BINARY, args, TempPath(log), "unix:" + socket_))
         << d.log();
     stub_ = v1::Flashd::NewStub(d.channel());
   }
@@ -396,6 +400,59 @@ TEST_F(FlashShm, AKilledShmClientFreesSessionKvAndRing) {
   EXPECT_EQ(s.kv_bytes_in_use(), 0u);
   EXPECT_EQ(s.shm_segments(), 0u);
   EXPECT_EQ(RingsOf(daemon.pid()), 0);
+}
+
+// Another user took the daemon's shared-memory directory first (world
+// writable, holding a planted cache segment and an flock on it): the
+// daemon still starts, never touches their files, serves shared-memory
+// delivery from a fresh directory of its own and says why.
+TEST_F(FlashShm, ASquattedShmDirIsNeverUsed) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to plant another user's files";
+  const std::string squat = shm::TestShmDir()->PathOf("squatted");
+  ASSERT_EQ(::mkdir(squat.c_str(), 0777), 0);
+  ASSERT_EQ(::chmod(squat.c_str(), 0777), 0);
+  ASSERT_EQ(::chown(squat.c_str(), kOther, kOther), 0);
+  const std::string planted = squat + "/" + cache_;
+  { std::ofstream(planted) << "their bytes"; }
+  ASSERT_EQ(::chmod(planted.c_str(), 0666), 0);
+  ASSERT_EQ(::chown(planted.c_str(), kOther, kOther), 0);
+  const int holder = ::open(planted.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(holder, 0);
+  ASSERT_EQ(::flock(holder, LOCK_EX | LOCK_NB), 0);
+
+  DaemonProcess daemon;
+  Start(daemon, "daemon.log", {"--shm-dir", squat});
+  const v1::Stats s = GetStats(*stub_);
+  EXPECT_EQ(s.shm_dir().rfind(squat + ".", 0), 0u) << s.shm_dir();
+  EXPECT_NE(s.shm_dir_state().find("belongs to uid " + std::to_string(kOther)),
+            std::string::npos)
+      << s.shm_dir_state();
+  EXPECT_EQ(s.cache_segment_state(), "created");
+  EXPECT_NE(daemon.log().find("not used; using " + s.shm_dir()),
+            std::string::npos)
+      << daemon.log();
+  absl::StatusOr<std::unique_ptr<client::Client>> c =
+      client::Client::Connect("unix:" + socket_);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::string ring;
+  int n = 0;
+  EXPECT_TRUE((*c)->Generate(Request("Hello", 20, v1::SHARED_MEMORY, 1),
+                             [&](const v1::GenerateEvent& e) {
+                               if (e.has_started()) ring = e.started().shm_path();
+                               n += e.has_token();
+                               return true;
+                             })
+                  .ok());
+  EXPECT_EQ(n, 20);
+  EXPECT_EQ(ring.rfind(s.shm_dir() + "/", 0), 0u) << ring;
+  std::ifstream f(planted);
+  std::string after;
+  std::getline(f, after);
+  EXPECT_EQ(after, "their bytes");
+  struct stat st;
+  ASSERT_EQ(::stat(planted.c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kOther);
+  ::close(holder);
 }
 
 TEST_F(FlashShm, DaemonKilledUnderLoadThenRestartedWarm) {

@@ -91,12 +91,14 @@ else
     fail "/var/lib/flashd: $(stat -c '%u:%g %a' "$root/var/lib/flashd")"
   [ "$(stat -c '%u:%g %a' "$root/var/lib/flashd/models")" = "0:$gid 755" ] ||
     fail "/var/lib/flashd/models: $(stat -c '%u:%g %a' "$root/var/lib/flashd/models")"
+  [ "$(stat -c '%u:%g %a' "$root/dev/shm/flashd")" = "$uid:$gid 711" ] ||
+    fail "/dev/shm/flashd: $(stat -c '%u:%g %a' "$root/dev/shm/flashd")"
   # An existing configuration is never overwritten.
   echo "model = mine" > "$root/etc/flashd/flashd.conf"
   systemd-tmpfiles --root="$root" --create "$sd/flashd.tmpfiles.conf" 2> /dev/null
   grep -qx "model = mine" "$root/etc/flashd/flashd.conf" ||
     fail "tmpfiles overwrote an existing /etc/flashd/flashd.conf"
-  pass_if_clean "$before" "tmpfiles: config copied once, state and model directories, owners"
+  pass_if_clean "$before" "tmpfiles: config copied once, state, model and shared-memory directories, owners"
 fi
 
 # --- 4. the example config against flashd serve -----------------------------

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -23,6 +24,7 @@
 #include "common/shm/token_ring_layout.h"
 #include "common/shm/token_ring_reader.h"
 #include "common/shm/token_ring_writer.h"
+#include "tests/shm_test_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -43,15 +45,19 @@ std::string PieceFor(uint32_t i) {
 
 std::unique_ptr<TokenRingWriter> NewWriter(uint32_t capacity,
                                            uint64_t session = kSession) {
-  auto w = TokenRingWriter::Create(MakeTokenRingName(session), capacity,
-                                   session, ::geteuid());
+  auto w = TokenRingWriter::Create(TestShmDir(), MakeTokenRingName(session),
+                                   capacity, session, ::geteuid());
   EXPECT_TRUE(w.ok()) << w.status();
   return w.ok() ? std::move(*w) : nullptr;
 }
 
+std::string PathOf(const std::string& name) {
+  return TestShmDir()->PathOf(name);
+}
+
 bool Exists(const std::string& name) {
   struct stat st;
-  return ::stat(ShmSegment::PathOf(name).c_str(), &st) == 0;
+  return ::stat(PathOf(name).c_str(), &st) == 0;
 }
 
 // Runs `fn` in a forked child; returns its exit code (-1 if killed).
@@ -75,6 +81,7 @@ TEST(TokenRingLayout, SizesAndRecordCounts) {
 }
 
 TEST(TokenRing, ForkedProducerDeliversInOrder) {
+  (void)TestShmDir();  // before the fork: the child uses it too
   constexpr uint32_t kTokens = 100000;
   const std::string name = MakeTokenRingName(kSession);
   int ready[2], go[2];
@@ -82,7 +89,7 @@ TEST(TokenRing, ForkedProducerDeliversInOrder) {
   ASSERT_EQ(::pipe(go), 0);
   const pid_t child = ::fork();
   if (child == 0) {
-    auto w = TokenRingWriter::Create(name, 256, kSession, ::geteuid());
+    auto w = TokenRingWriter::Create(TestShmDir(), name, 256, kSession, ::geteuid());
     char c = w.ok() ? 'R' : 'E';
     if (::write(ready[1], &c, 1) != 1 || !w.ok()) ::_exit(2);
     if (::read(go[0], &c, 1) != 1) ::_exit(3);
@@ -102,7 +109,7 @@ TEST(TokenRing, ForkedProducerDeliversInOrder) {
   char c = 0;
   ASSERT_EQ(::read(ready[0], &c, 1), 1);
   ASSERT_EQ(c, 'R');
-  auto r = TokenRingReader::Attach(name, kSession);
+  auto r = TokenRingReader::Attach(PathOf(name), kSession);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ((*r)->producer().pid, child);
   ASSERT_EQ(::write(go[1], "G", 1), 1);
@@ -128,7 +135,7 @@ TEST(TokenRing, ForkedProducerDeliversInOrder) {
 
 TEST(TokenRing, FullRingPushesBackWithoutWriting) {
   auto w = NewWriter(8);
-  auto r = TokenRingReader::Attach(w->name(), kSession);
+  auto r = TokenRingReader::Attach(PathOf(w->name()), kSession);
   ASSERT_TRUE(r.ok()) << r.status();
   for (uint32_t i = 0; i < 8; ++i) ASSERT_TRUE(w->Push(1, i, "x").ok());
   EXPECT_EQ(w->FreeRecords(), 0u);
@@ -148,7 +155,7 @@ TEST(TokenRing, FullRingPushesBackWithoutWriting) {
 
 TEST(TokenRing, WrapsAroundWithSplitTokens) {
   auto w = NewWriter(4);
-  auto r = TokenRingReader::Attach(w->name(), kSession);
+  auto r = TokenRingReader::Attach(PathOf(w->name()), kSession);
   ASSERT_TRUE(r.ok()) << r.status();
   uint32_t next_read = 0;
   for (uint32_t i = 0; i < 2000; ++i) {
@@ -185,7 +192,7 @@ TEST(TokenRing, FinishReasonsReachTheReader) {
        {FinishReason::kStop, FinishReason::kLength, FinishReason::kCancelled,
         FinishReason::kError, FinishReason::kShutdown}) {
     auto w = NewWriter(16);
-    auto r = TokenRingReader::Attach(w->name(), kSession);
+    auto r = TokenRingReader::Attach(PathOf(w->name()), kSession);
     ASSERT_TRUE(r.ok()) << r.status();
     ASSERT_TRUE(w->Push(5, 0, "Hello").ok());
     ASSERT_TRUE(w->Finish(reason).ok());
@@ -203,7 +210,7 @@ TEST(TokenRing, FinishReasonsReachTheReader) {
   }
   // A writer destroyed without Finish says so.
   auto w = NewWriter(4);
-  auto r = TokenRingReader::Attach(w->name(), kSession);
+  auto r = TokenRingReader::Attach(PathOf(w->name()), kSession);
   ASSERT_TRUE(r.ok());
   w.reset();
   auto end = (*r)->Next(absl::Seconds(1));
@@ -213,7 +220,7 @@ TEST(TokenRing, FinishReasonsReachTheReader) {
 
 TEST(TokenRing, EmptyRingTimesOut) {
   auto w = NewWriter(4);
-  auto r = TokenRingReader::Attach(w->name(), kSession);
+  auto r = TokenRingReader::Attach(PathOf(w->name()), kSession);
   ASSERT_TRUE(r.ok());
   const absl::Time t0 = absl::Now();
   auto e = (*r)->Next(absl::Milliseconds(80));
@@ -224,7 +231,7 @@ TEST(TokenRing, EmptyRingTimesOut) {
 // A sleeping reader is woken by the futex, not by its 50 ms liveness tick.
 TEST(TokenRing, SleepingReaderWakesPromptly) {
   auto w = NewWriter(16);
-  auto r = TokenRingReader::Attach(w->name(), kSession);
+  auto r = TokenRingReader::Attach(PathOf(w->name()), kSession);
   ASSERT_TRUE(r.ok());
   std::vector<absl::Duration> latency;
   for (uint32_t i = 0; i < 5; ++i) {
@@ -246,38 +253,38 @@ TEST(TokenRing, SleepingReaderWakesPromptly) {
 
 TEST(TokenRingAttach, RejectsForeignAndTruncatedSegments) {
   const std::string name = MakeTokenRingName(1);
-  auto seg = ShmSegment::Create(name, 4096, 0600);
+  auto seg = ShmSegment::Create(*TestShmDir(), name, 4096, 0600);
   ASSERT_TRUE(seg.ok()) << seg.status();
   std::memset((*seg)->data(), 0xab, 4096);
-  auto r = TokenRingReader::Attach(name, kSession);
+  auto r = TokenRingReader::Attach(PathOf(name), kSession);
   EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
   EXPECT_THAT(std::string(r.status().message()),
               HasSubstr("is not a flashd token ring"));
   // A real header whose records were cut off.
   auto w = NewWriter(64);
-  ASSERT_EQ(::truncate(ShmSegment::PathOf(w->name()).c_str(), 1024), 0);
-  r = TokenRingReader::Attach(w->name(), kSession);
+  ASSERT_EQ(::truncate(PathOf(w->name()).c_str(), 1024), 0);
+  r = TokenRingReader::Attach(PathOf(w->name()), kSession);
   EXPECT_TRUE(absl::IsDataLoss(r.status())) << r.status();
   EXPECT_THAT(std::string(r.status().message()),
               HasSubstr("truncated: header says 64 records of 64 bytes"));
   EXPECT_TRUE(absl::IsNotFound(
-      TokenRingReader::Attach("flashd-no-such-ring", kSession).status()));
-  EXPECT_TRUE(ShmSegment::Remove(name).ok());
+      TokenRingReader::Attach(PathOf("flashd-no-such-ring"), kSession).status()));
+  EXPECT_TRUE(ShmSegment::Remove(*TestShmDir(), name).ok());
   EXPECT_TRUE(absl::IsInvalidArgument(ShmSegment::CheckName("../etc")));
 }
 
 TEST(TokenRingAttach, RejectsOtherVersionAndOtherSession) {
   auto w = NewWriter(8);
-  auto seg = ShmSegment::Open(w->name());
+  auto seg = ShmSegment::Open(w->path());
   ASSERT_TRUE(seg.ok());
   auto* h = reinterpret_cast<TokenRingHeader*>((*seg)->data());
   h->layout_version = 2;
-  auto r = TokenRingReader::Attach(w->name(), kSession);
+  auto r = TokenRingReader::Attach(PathOf(w->name()), kSession);
   EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
   EXPECT_THAT(std::string(r.status().message()),
               HasSubstr("layout version 2; this client reads 1"));
   h->layout_version = kTokenRingLayoutVersion;
-  r = TokenRingReader::Attach(w->name(), kSession + 1);
+  r = TokenRingReader::Attach(PathOf(w->name()), kSession + 1);
   EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
   EXPECT_THAT(std::string(r.status().message()),
               HasSubstr("belongs to session"));
@@ -287,12 +294,12 @@ TEST(TokenRingPermissions, SegmentIsMode0600AndRemovedWithWriter) {
   auto w = NewWriter(8);
   const std::string name = w->name();
   struct stat st;
-  ASSERT_EQ(::stat(ShmSegment::PathOf(name).c_str(), &st), 0);
+  ASSERT_EQ(::stat(PathOf(name).c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0600u);
   EXPECT_EQ(st.st_uid, ::geteuid());
-  auto again = TokenRingWriter::Create(name, 8, kSession, ::geteuid());
+  auto again = TokenRingWriter::Create(TestShmDir(), name, 8, kSession, ::geteuid());
   EXPECT_TRUE(absl::IsAlreadyExists(again.status())) << again.status();
-  auto r = TokenRingReader::Attach(name, kSession);
+  auto r = TokenRingReader::Attach(PathOf(name), kSession);
   ASSERT_TRUE(r.ok());
   ASSERT_TRUE(w->Remove().ok());
   EXPECT_FALSE(Exists(name));
@@ -305,18 +312,18 @@ TEST(TokenRingPermissions, SegmentIsMode0600AndRemovedWithWriter) {
 TEST(TokenRingPermissions, OnlyTheOwnerUidCanMap) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to chown and setuid";
   constexpr uid_t kClient = 41234, kOther = 41235;
-  auto w = TokenRingWriter::Create(MakeTokenRingName(7), 8, 7, kClient);
+  auto w = TokenRingWriter::Create(TestShmDir(), MakeTokenRingName(7), 8, 7, kClient);
   ASSERT_TRUE(w.ok()) << w.status();
   const std::string name = (*w)->name();
   struct stat st;
-  ASSERT_EQ(::stat(ShmSegment::PathOf(name).c_str(), &st), 0);
+  ASSERT_EQ(::stat(PathOf(name).c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, kClient);
   EXPECT_EQ(st.st_mode & 07777, 0600u);
   ASSERT_TRUE((*w)->Push(9, 0, "for you").ok());
   auto attach_as = [&](uid_t uid) {
     return RunInChild([&] {
       if (::setgid(65534) != 0 || ::setuid(uid) != 0) return 100;
-      auto r = TokenRingReader::Attach(name, 7);
+      auto r = TokenRingReader::Attach(PathOf(name), 7);
       if (!r.ok()) return static_cast<int>(r.status().code());
       auto e = (*r)->Next(absl::Seconds(5));
       return e.ok() && e->text == "for you" ? 0 : 101;
@@ -325,18 +332,22 @@ TEST(TokenRingPermissions, OnlyTheOwnerUidCanMap) {
   EXPECT_EQ(attach_as(kOther),
             static_cast<int>(absl::StatusCode::kPermissionDenied));
   EXPECT_EQ(attach_as(kClient), 0);
-  // A daemon without CAP_CHOWN cannot give a ring away, and leaves nothing.
+  // A daemon without CAP_CHOWN cannot give a ring away, and leaves nothing
+  // (it runs in a directory of its own: ours is not writable for it).
+  const std::string own_dir = TestShmDir()->path() + "-other";
   const std::string name3 = MakeTokenRingName(8);
   EXPECT_EQ(RunInChild([&] {
               if (::setuid(kOther) != 0) return 100;
-              auto w3 = TokenRingWriter::Create(name3, 8, 8, kClient);
+              auto d = ShmDir::Open(own_dir);
+              if (!d.ok()) return 102;
+              auto w3 = TokenRingWriter::Create(*d, name3, 8, 8, kClient);
               return static_cast<int>(w3.status().code());
             }),
             static_cast<int>(absl::StatusCode::kPermissionDenied));
-  EXPECT_FALSE(Exists(name3));
+  struct stat st3;
+  EXPECT_NE(::stat((own_dir + "/" + name3).c_str(), &st3), 0);
   // A non-root daemon with only CAP_CHOWN (AmbientCapabilities=CAP_CHOWN)
-  // gives the ring away and, taking it back, can still unlink it from the
-  // sticky /dev/shm.
+  // gives the ring away and unlinks it from its own directory.
   const std::string name4 = MakeTokenRingName(9);
   EXPECT_EQ(RunInChild([&] {
               if (::prctl(PR_SET_KEEPCAPS, 1) != 0 || ::setuid(kOther) != 0) {
@@ -346,29 +357,34 @@ TEST(TokenRingPermissions, OnlyTheOwnerUidCanMap) {
               __user_cap_data_struct caps[2] = {};
               caps[0].effective = caps[0].permitted = 1u << CAP_CHOWN;
               if (::syscall(SYS_capset, &hdr, caps) != 0) return 101;
-              auto w4 = TokenRingWriter::Create(name4, 8, 9, kClient);
+              auto d = ShmDir::Open(own_dir);
+              if (!d.ok()) return 102;
+              auto w4 = TokenRingWriter::Create(*d, name4, 8, 9, kClient);
               if (!w4.ok()) return static_cast<int>(w4.status().code());
               struct stat st4;
-              if (::stat(ShmSegment::PathOf(name4).c_str(), &st4) != 0 ||
+              if (::stat((*w4)->path().c_str(), &st4) != 0 ||
                   st4.st_uid != kClient) {
-                return 102;
+                return 103;
               }
               return static_cast<int>((*w4)->Remove().code());
             }),
             0);
-  EXPECT_FALSE(Exists(name4));
+  struct stat st4;
+  EXPECT_NE(::stat((own_dir + "/" + name4).c_str(), &st4), 0);
+  std::filesystem::remove_all(own_dir);
   w->reset();
   EXPECT_FALSE(Exists(name));
 }
 
 TEST(TokenRing, ReaderSeesDeadProducerInsteadOfHanging) {
+  (void)TestShmDir();  // before the fork: the child uses it too
   const std::string name = MakeTokenRingName(kSession);
   int ready[2], go[2];
   ASSERT_EQ(::pipe(ready), 0);
   ASSERT_EQ(::pipe(go), 0);
   const pid_t child = ::fork();
   if (child == 0) {
-    auto w = TokenRingWriter::Create(name, 16, kSession, ::geteuid());
+    auto w = TokenRingWriter::Create(TestShmDir(), name, 16, kSession, ::geteuid());
     for (uint32_t i = 0; w.ok() && i < 3; ++i) (void)(*w)->Push(1, i, "t");
     char c = w.ok() ? 'R' : 'E';
     if (::write(ready[1], &c, 1) != 1) ::_exit(2);
@@ -378,7 +394,7 @@ TEST(TokenRing, ReaderSeesDeadProducerInsteadOfHanging) {
   char c = 0;
   ASSERT_EQ(::read(ready[0], &c, 1), 1);
   ASSERT_EQ(c, 'R');
-  auto r = TokenRingReader::Attach(name, kSession);
+  auto r = TokenRingReader::Attach(PathOf(name), kSession);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE((*r)->CheckProducer().ok());
   ASSERT_EQ(::write(go[1], "G", 1), 1);
@@ -391,13 +407,13 @@ TEST(TokenRing, ReaderSeesDeadProducerInsteadOfHanging) {
   EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
   ::waitpid(child, nullptr, 0);
   EXPECT_TRUE(absl::IsUnavailable((*r)->CheckProducer()));
-  EXPECT_TRUE((*r)->Unlink().ok());
+  EXPECT_TRUE(ShmSegment::Remove(*TestShmDir(), name).ok());
 }
 
 TEST(TokenRingHostileConsumer, TruncatedSegmentFailsTheSessionNotTheDaemon) {
   auto w = NewWriter(64);
   ASSERT_TRUE(w->Push(1, 0, "before").ok());
-  const int fd = ::open(ShmSegment::PathOf(w->name()).c_str(), O_RDWR);
+  const int fd = ::open(PathOf(w->name()).c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::ftruncate(fd, 0), 0);  // what a malicious client could do
   ::close(fd);
@@ -410,7 +426,7 @@ TEST(TokenRingHostileConsumer, TruncatedSegmentFailsTheSessionNotTheDaemon) {
 
 TEST(TokenRingHostileConsumer, BogusReadIndexIsDataLoss) {
   auto w = NewWriter(8);
-  auto seg = ShmSegment::Open(w->name());
+  auto seg = ShmSegment::Open(w->path());
   ASSERT_TRUE(seg.ok());
   reinterpret_cast<TokenRingHeader*>((*seg)->data())->read_index = 1000;
   absl::Status s = w->Push(1, 0, "x");
@@ -420,11 +436,11 @@ TEST(TokenRingHostileConsumer, BogusReadIndexIsDataLoss) {
 
 TEST(TokenRingHostileProducer, CorruptRecordIsDataLoss) {
   auto w = NewWriter(8);
-  auto r = TokenRingReader::Attach(w->name(), kSession);
+  auto seg = ShmSegment::Open(w->path());  // before Push unlinks the name
+  ASSERT_TRUE(seg.ok());
+  auto r = TokenRingReader::Attach(PathOf(w->name()), kSession);
   ASSERT_TRUE(r.ok());
   ASSERT_TRUE(w->Push(1, 0, "ok").ok());
-  auto seg = ShmSegment::Open(w->name());
-  ASSERT_TRUE(seg.ok());
   auto* rec =
       reinterpret_cast<TokenRecord*>((*seg)->data() + kTokenRingHeaderBytes);
   rec[0].text_bytes = 200;
@@ -436,28 +452,80 @@ TEST(TokenRing, StaleRingsOfDeadDaemonsAreRemoved) {
   const pid_t dead = ::fork();  // a pid that existed and is gone
   if (dead == 0) ::_exit(0);
   ASSERT_EQ(::waitpid(dead, nullptr, 0), dead);
-  const std::string stale = "/dev/shm/" + TokenRingPrefix(dead) + "1-test";
-  const std::string alive = "/dev/shm/" + TokenRingPrefix(::getpid()) + "1-test";
+  const std::string stale = PathOf(TokenRingPrefix(dead) + "1-test");
+  const std::string alive = PathOf(TokenRingPrefix(::getpid()) + "1-test");
   // Another pid namespace's ring with the same (dead) pid, and a name that
   // is not a ring's.
-  const std::string foreign = absl::StrCat("/dev/shm/flashd-ring-1-", dead, "-1-test");
-  const std::string other = "/dev/shm/flashd-ringx-1-1-test";
+  const std::string foreign =
+      PathOf(absl::StrCat("flashd-ring-1-", dead, "-1-test"));
+  const std::string other = PathOf("flashd-ringx-1-1-test");
   for (const std::string& p : {stale, alive, foreign, other}) {
     const int fd = ::open(p.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
     ASSERT_GE(fd, 0) << p;
+    ASSERT_EQ(::ftruncate(fd, 4096), 0);
     ::close(fd);
   }
+  // A stale ring its client linked elsewhere: removed, and its memory freed
+  // through the other link too.
+  const std::string linked = PathOf(TokenRingPrefix(dead) + "3-linked");
+  const std::string elsewhere = TestShmDir()->path() + "-elsewhere";
+  ASSERT_EQ(::link(stale.c_str(), linked.c_str()), 0);
+  ASSERT_EQ(::link(stale.c_str(), elsewhere.c_str()), 0);
   // A symlink named like a dead daemon's ring is not followed or removed.
-  const std::string link = "/dev/shm/" + TokenRingPrefix(dead) + "2-link";
+  const std::string link = PathOf(TokenRingPrefix(dead) + "2-link");
   ASSERT_EQ(::symlink(other.c_str(), link.c_str()), 0);
-  EXPECT_GE(RemoveStaleTokenRings(), 1);
+  EXPECT_GE(RemoveStaleTokenRings(*TestShmDir()), 2);
   struct stat st;
   EXPECT_NE(::stat(stale.c_str(), &st), 0) << "stale ring kept";
+  EXPECT_NE(::stat(linked.c_str(), &st), 0) << "stale ring kept";
+  ASSERT_EQ(::stat(elsewhere.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 0) << "a link elsewhere keeps the ring's memory";
   EXPECT_EQ(::stat(alive.c_str(), &st), 0) << "a live daemon's ring removed";
   EXPECT_EQ(::stat(foreign.c_str(), &st), 0) << "another namespace's ring removed";
   EXPECT_EQ(::stat(other.c_str(), &st), 0);
   EXPECT_EQ(::lstat(link.c_str(), &st), 0) << "symlink removed";
-  for (const std::string& p : {alive, foreign, other, link}) ::unlink(p.c_str());
+  for (const std::string& p : {alive, foreign, other, link, elsewhere}) {
+    ::unlink(p.c_str());
+  }
+}
+
+TEST(TokenRingHostileConsumer, HardLinkKeepsNoMemoryAfterTheSession) {
+  auto w = NewWriter(64);
+  ASSERT_TRUE(w->Push(1, 0, "x").ok());
+  const std::string elsewhere = TestShmDir()->path() + "-hardlink";
+  ASSERT_EQ(::link(w->path().c_str(), elsewhere.c_str()), 0);
+  struct stat st;
+  ASSERT_EQ(::stat(elsewhere.c_str(), &st), 0);
+  EXPECT_GT(st.st_size, 0);
+  w.reset();
+  ASSERT_EQ(::stat(elsewhere.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 0);
+  ::unlink(elsewhere.c_str());
+}
+
+TEST(TokenRingAttach, ClientRefusesFilesThatAreNotItsAlone) {
+  auto w = NewWriter(8);
+  const std::string link = TestShmDir()->path() + "-symlink";
+  ASSERT_EQ(::symlink(w->path().c_str(), link.c_str()), 0);
+  auto r = TokenRingReader::Attach(link, kSession);
+  EXPECT_TRUE(absl::IsPermissionDenied(r.status())) << r.status();
+  ::unlink(link.c_str());
+  ASSERT_EQ(::chmod(w->path().c_str(), 0644), 0);
+  r = TokenRingReader::Attach(w->path(), kSession);
+  EXPECT_TRUE(absl::IsPermissionDenied(r.status())) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("lets others in"));
+}
+
+TEST(TokenRing, DaemonUnlinksTheNameOnceTheClientAttached) {
+  auto w = NewWriter(8);
+  ASSERT_TRUE(w->Push(1, 0, "a").ok());
+  EXPECT_TRUE(Exists(w->name()));
+  auto r = TokenRingReader::Attach(w->path(), kSession);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(w->Push(2, 1, "b").ok());
+  EXPECT_FALSE(Exists(w->name()));
+  EXPECT_EQ((*r)->Next(absl::Seconds(1))->text, "a");
+  EXPECT_EQ((*r)->Next(absl::Seconds(1))->text, "b");
 }
 
 }  // namespace

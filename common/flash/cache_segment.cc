@@ -1,29 +1,21 @@
 #include "common/flash/cache_segment.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <exception>
-#include <filesystem>
-#include <system_error>
-
-#include <boost/interprocess/exceptions.hpp>
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "common/base/check.h"
-#include "common/base/errno_status.h"
+#include "common/shm/shm_fault_guard.h"
+#include "common/shm/shm_segment.h"
 
 namespace flashd::flash {
-namespace bip = boost::interprocess;
 namespace {
 
 constexpr char kMagic[8] = {'F', 'L', 'S', 'H', 'D', 'N', 'C', '\0'};
@@ -73,81 +65,65 @@ uint64_t Plan(const std::vector<CacheSegment::LayerSpec>& layers,
   return at;
 }
 
-// "<what>: <strerror>" with a code for the errno: RESOURCE_EXHAUSTED for
-// lack of memory or descriptors, else as FileErrnoStatus.
-absl::Status OsError(int err, const std::string& what) {
-  switch (err) {
-    case ENOSPC:
-    case ENOMEM:
-    case EMFILE:
-    case ENFILE:
-    case EFBIG:
-      return absl::ResourceExhaustedError(
-          absl::StrCat(what, ": ", std::strerror(err)));
-    default:
-      return FileErrnoStatus(err, what);
-  }
-}
-
-absl::Status OsError(const bip::interprocess_exception& e,
-                     const std::string& what) {
-  if (e.get_native_error() != 0) return OsError(e.get_native_error(), what);
-  return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-}
-
-// Opens segment `name`, creating it (empty, mode 0600) when absent, and
-// takes the exclusive lock on it. *created says whether this call created
-// it. FAILED_PRECONDITION when another process holds the lock.
-absl::Status OpenLocked(const std::string& name, bip::shared_memory_object* out,
-                        bool* created) {
-  const std::string path = CacheSegment::PathOf(name);
+// Opens segment `name` in `dir`, creating it (empty, mode 0600) when
+// absent, checks that an existing file is ours alone (before anything else
+// touches it) and takes the exclusive lock on it. Returns the descriptor;
+// *created says whether this call created the file. FAILED_PRECONDITION
+// when another process holds the lock, PERMISSION_DENIED for a file that is
+// not ours alone.
+absl::StatusOr<int> OpenLocked(const shm::ShmDir& dir, const std::string& name,
+                               bool* created) {
+  const std::string path = dir.PathOf(name);
   for (int attempt = 0; attempt < 16; ++attempt) {
-    bip::shared_memory_object shm;
     *created = false;
-    try {
-      shm = bip::shared_memory_object(bip::open_only, name.c_str(),
-                                      bip::read_write);
-    } catch (const bip::interprocess_exception& e) {
-      if (e.get_native_error() != ENOENT) {
-        return OsError(e, absl::StrCat("cannot open the neuron cache segment ",
-                                       path));
-      }
-      try {
-        bip::permissions perm;
-        perm.set_permissions(0600);
-        shm = bip::shared_memory_object(bip::create_only, name.c_str(),
-                                        bip::read_write, perm);
-        *created = true;
-      } catch (const bip::interprocess_exception& e2) {
-        if (e2.get_native_error() == EEXIST) continue;  // raced: open it
-        return OsError(e2, absl::StrCat(
-                               "cannot create the neuron cache segment ", path));
+    int fd = ::openat(dir.fd(), name.c_str(),
+                      O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+      fd = ::openat(dir.fd(), name.c_str(),
+                    O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+      if (fd < 0 && errno == EEXIST) continue;  // raced: open it
+      *created = fd >= 0;
+      if (*created && ::fchmod(fd, 0600) != 0) {
+        const int err = errno;
+        ::close(fd);
+        return shm::ShmErrnoStatus(err, absl::StrCat("cannot chmod ", path));
       }
     }
-    const int fd = shm.get_mapping_handle().handle;
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (fd < 0) {
       const int err = errno;
-      if (err == EWOULDBLOCK) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "neuron cache segment ", path,
-            " is in use by another process (a second flashd on the same "
-            "model?): pass another --cache-shm NAME, or '' for a private "
-            "cache"));
+      if (err == ELOOP) {
+        return absl::PermissionDeniedError(
+            absl::StrCat(path, " is a symlink: not used"));
       }
-      return OsError(err, absl::StrCat("cannot lock the neuron cache segment ",
-                                       path));
+      return shm::ShmErrnoStatus(
+          err, absl::StrCat("cannot open the neuron cache segment ", path));
+    }
+    absl::Status s = *created ? absl::OkStatus()
+                              : shm::CheckOwnedFile(fd, path, 0600);
+    if (s.ok() && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      s = errno == EWOULDBLOCK
+              ? absl::FailedPreconditionError(absl::StrCat(
+                    "neuron cache segment ", path,
+                    " is in use by another process (a second flashd on the "
+                    "same model?): pass another --cache-shm NAME, or '' for "
+                    "a private cache"))
+              : shm::ShmErrnoStatus(
+                    errno, absl::StrCat("cannot lock the neuron cache "
+                                        "segment ", path));
+    }
+    if (!s.ok()) {
+      ::close(fd);
+      return s;
     }
     // Locked. If the name no longer leads to this file (its previous owner
     // removed it before exiting), the file is orphaned: start over.
     struct stat held, named;
-    if (::fstat(fd, &held) != 0) {
-      return OsError(errno, absl::StrCat("cannot stat ", path));
+    if (::fstat(fd, &held) == 0 &&
+        ::fstatat(dir.fd(), name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+        named.st_dev == held.st_dev && named.st_ino == held.st_ino) {
+      return fd;
     }
-    if (::stat(path.c_str(), &named) == 0 && named.st_dev == held.st_dev &&
-        named.st_ino == held.st_ino) {
-      *out = std::move(shm);
-      return absl::OkStatus();
-    }
+    ::close(fd);
   }
   return absl::UnavailableError(absl::StrCat(
       "the neuron cache segment ", path,
@@ -198,109 +174,103 @@ bool Matches(int fd, uint64_t size, uint64_t identity, int32_t n_ff,
 }  // namespace
 
 struct CacheSegment::Impl {
-  bip::shared_memory_object shm;  // its descriptor holds the lock
-  bip::mapped_region region;      // unmapped before the lock is released
+  std::unique_ptr<shm::ShmSegment> segment;  // its descriptor holds the lock
+  shm::ShmFaultGuard guard;  // declared after segment: released before unmap
 };
 
 CacheSegment::~CacheSegment() = default;
 
-std::string CacheSegment::PathOf(const std::string& name) {
-  return absl::StrCat("/dev/shm/", name);
-}
-
-std::vector<std::string> CacheSegment::RemoveStale(const std::string& prefix,
+std::vector<std::string> CacheSegment::RemoveStale(const shm::ShmDir& dir,
+                                                   const std::string& prefix,
                                                    uint64_t identity,
                                                    const std::string& keep) {
   std::vector<std::string> removed;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(
-           std::filesystem::path(PathOf("")), ec)) {
-    const std::string name = entry.path().filename().string();
+  const int dfd = ::openat(dir.fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* d = dfd >= 0 ? ::fdopendir(dfd) : nullptr;
+  if (d == nullptr) {
+    if (dfd >= 0) ::close(dfd);
+    return removed;
+  }
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
     if (name == keep || name.rfind(prefix, 0) != 0) continue;
-    const std::string path = PathOf(name);
-    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) continue;  // gone, or another user's
+    const int fd = ::openat(dir.fd(), name.c_str(),
+                            O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;  // gone, or a symlink
     SegmentHeader h{};
     struct stat held, named;
-    // Only an unheld, fully initialised segment of this file, still under
-    // its name, is removed (the lock is held across the unlink).
-    if (::flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+    // Only an unheld, fully initialised segment of this file that is ours
+    // alone, still under its name, is removed (the lock is held across the
+    // unlink).
+    if (shm::CheckOwnedFile(fd, name, 0600).ok() &&
+        ::flock(fd, LOCK_EX | LOCK_NB) == 0 &&
         ::pread(fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h)) &&
         std::memcmp(h.magic, kMagic, 8) == 0 && h.identity == identity &&
-        ::fstat(fd, &held) == 0 && ::stat(path.c_str(), &named) == 0 &&
+        ::fstat(fd, &held) == 0 &&
+        ::fstatat(dir.fd(), name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
         held.st_dev == named.st_dev && held.st_ino == named.st_ino &&
-        ::unlink(path.c_str()) == 0) {
+        ::unlinkat(dir.fd(), name.c_str(), 0) == 0) {
       removed.push_back(absl::StrCat(name, " (", held.st_size, " bytes)"));
     }
     ::close(fd);
   }
+  ::closedir(d);
   return removed;
 }
 
 absl::StatusOr<std::unique_ptr<CacheSegment>> CacheSegment::OpenOrCreate(
-    const std::string& name, uint64_t identity, int32_t n_ff,
-    const std::vector<LayerSpec>& layers) {
-  if (name.empty() || name.size() > 200 ||
-      name.find('/') != std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "neuron cache segment name '", name,
-        "' must be 1..200 characters without '/'"));
-  }
-  const std::string path = PathOf(name);
+    std::shared_ptr<const shm::ShmDir> dir, const std::string& name,
+    uint64_t identity, int32_t n_ff, const std::vector<LayerSpec>& layers) {
+  if (absl::Status s = shm::ShmSegment::CheckName(name); !s.ok()) return s;
+  const std::string path = dir->PathOf(name);
   std::vector<LayerRecord> want;
   const uint64_t total = Plan(layers, &want);
   std::unique_ptr<CacheSegment> seg(new CacheSegment());
+  seg->dir_ = dir;
   seg->name_ = name;
   seg->impl_ = std::make_unique<Impl>();
   bool created = false;
-  absl::Status s = OpenLocked(name, &seg->impl_->shm, &created);
-  if (!s.ok()) return s;
-  // From here on the segment is ours alone until `seg` is destroyed.
-  const int fd = seg->impl_->shm.get_mapping_handle().handle;
+  absl::StatusOr<int> locked = OpenLocked(*dir, name, &created);
+  if (!locked.ok()) return locked.status();
+  // From here on the file is ours alone until `seg` is destroyed.
+  const int fd = *locked;
   struct stat st;
+  absl::Status s;
   if (::fstat(fd, &st) != 0) {
-    return OsError(errno, absl::StrCat("cannot stat ", path));
-  }
-  if (created) {
+    s = shm::ShmErrnoStatus(errno, absl::StrCat("cannot stat ", path));
+  } else if (created) {
     seg->how_ = "created";
   } else {
     seg->attached_ = Matches(fd, static_cast<uint64_t>(st.st_size), identity,
                              n_ff, total, want, &seg->how_);
     if (seg->attached_) seg->how_ = "attached (warm)";
   }
-  if (!seg->attached_ &&
+  if (s.ok() && !seg->attached_ &&
       (::ftruncate(fd, 0) != 0 ||
        ::ftruncate(fd, static_cast<off_t>(total)) != 0)) {
-    return OsError(errno, absl::StrCat("cannot size the neuron cache segment ",
-                                       path, " to ", total, " bytes"));
+    s = shm::ShmErrnoStatus(
+        errno, absl::StrCat("cannot size the neuron cache segment ", path,
+                            " to ", total, " bytes"));
   }
-  // Reserve every page now: a full /dev/shm is an error here instead of a
-  // SIGBUS when a slot is first written.
-  if (const int err = ::posix_fallocate(fd, 0, static_cast<off_t>(total));
-      err != 0) {
-    struct statvfs vfs;
-    const uint64_t free_bytes =
-        ::fstatvfs(fd, &vfs) == 0
-            ? static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize
-            : 0;
+  if (s.ok()) s = shm::ReserveShm(fd, path, total);
+  if (!s.ok()) {
     if (!seg->attached_) {  // ours and empty: leave nothing behind
       (void)::ftruncate(fd, 0);
-      bip::shared_memory_object::remove(name.c_str());
+      (void)::unlinkat(dir->fd(), name.c_str(), 0);
     }
-    return OsError(err, absl::StrFormat(
-                            "cannot reserve %d bytes (%.1f MiB) for the neuron "
-                            "cache segment %s (%.1f MiB free there)",
-                            total, total / 1048576.0, path,
-                            free_bytes / 1048576.0));
+    ::close(fd);
+    return s;
   }
-  try {
-    seg->impl_->region = bip::mapped_region(seg->impl_->shm, bip::read_write);
-  } catch (const bip::interprocess_exception& e) {
-    return OsError(e, absl::StrCat("cannot map the neuron cache segment ",
-                                   path, " of ", total, " bytes"));
-  }
+  absl::StatusOr<std::unique_ptr<shm::ShmSegment>> mapped =
+      shm::ShmSegment::Map(fd, name, path, total);
+  if (!mapped.ok()) return mapped.status();
+  seg->impl_->segment = std::move(*mapped);
+  absl::StatusOr<shm::ShmFaultGuard> guard =
+      shm::ShmFaultGuard::Register(seg->impl_->segment->data(), total);
+  if (!guard.ok()) return guard.status();
+  seg->impl_->guard = std::move(*guard);
   seg->bytes_ = total;
-  seg->base_ = static_cast<uint8_t*>(seg->impl_->region.get_address());
+  seg->base_ = seg->impl_->segment->data();
   if (!seg->attached_) {
     SegmentHeader h{};
     std::memcpy(h.magic, kMagic, 8);
@@ -319,6 +289,15 @@ absl::StatusOr<std::unique_ptr<CacheSegment>> CacheSegment::OpenOrCreate(
     seg->id_offset_.push_back(r.ids_offset);
   }
   return seg;
+}
+
+absl::Status CacheSegment::CheckIntact() const {
+  if (!impl_->guard.Faulted()) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat(
+      "the neuron cache segment ", path(),
+      " was truncated by another process while this engine used it; its "
+      "cached weights are gone: restart flashd (or use --cache-shm '' for a "
+      "private cache)"));
 }
 
 uint8_t* CacheSegment::slots(int32_t l) { return base_ + slot_offset_[l]; }
@@ -345,7 +324,7 @@ void CacheSegment::Persist(int32_t l, const int32_t* ids, int32_t n) {
 }
 
 void CacheSegment::Remove() {
-  bip::shared_memory_object::remove(name_.c_str());
+  (void)shm::ShmSegment::Remove(*dir_, name_);
 }
 
 }  // namespace flashd::flash

@@ -7,6 +7,14 @@
 // truncated segment) is discarded and re-initialised; slots are re-verified
 // against the file's bundle CRCs before they are trusted again.
 //
+// Whose file: segments live in the daemon's shm::ShmDir, which only the
+// daemon's uid can write. An existing file is used only when fstat on a
+// descriptor opened with O_NOFOLLOW shows a regular file of our euid, mode
+// 0600 and one link, checked before it is locked or mapped; anything else
+// is PERMISSION_DENIED and never touched. The mapping is guarded
+// (shm::ShmFaultGuard): if anyone truncates the file under us, the pages
+// turn into private zeros instead of a SIGBUS and CheckIntact() fails.
+//
 // One process at a time: OpenOrCreate takes an exclusive flock on the
 // segment's descriptor before it looks at the contents and holds it until
 // the CacheSegment is destroyed. The kernel drops the lock when the holder
@@ -27,6 +35,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/shm/shm_dir.h"
 
 namespace flashd::flash {
 
@@ -39,27 +48,25 @@ class CacheSegment {
     uint64_t bundle_bytes = 0;
   };
 
-  // Attaches to segment `name` (a POSIX shm name without '/', e.g.
-  // "flashd-cache-0123abcd") when it holds caches for `identity` with
-  // exactly these specs; otherwise creates it or re-initialises what is
-  // there (mode 0600, zeroed: every layer empty). Its memory is reserved up
-  // front, so a full /dev/shm is an error here rather than SIGBUS later.
-  // Errors: INVALID_ARGUMENT (bad name), FAILED_PRECONDITION (another live
-  // process holds the segment), RESOURCE_EXHAUSTED (no room in /dev/shm),
-  // PERMISSION_DENIED (another user's segment), others naming the OS error.
+  // Attaches to segment `name` in `dir` (e.g. "flashd-cache-0123abcd")
+  // when it holds caches for `identity` with exactly these specs; otherwise
+  // creates it or re-initialises what is there (mode 0600, zeroed: every
+  // layer empty). Its memory is reserved up front, so a full tmpfs is an
+  // error here rather than SIGBUS later. Errors: INVALID_ARGUMENT (bad
+  // name), FAILED_PRECONDITION (another live process holds the segment),
+  // RESOURCE_EXHAUSTED (no room), PERMISSION_DENIED (a file that is not
+  // ours alone: see the file comment), others naming the OS error.
   static absl::StatusOr<std::unique_ptr<CacheSegment>> OpenOrCreate(
-      const std::string& name, uint64_t identity, int32_t n_ff,
-      const std::vector<LayerSpec>& layers);
+      std::shared_ptr<const shm::ShmDir> dir, const std::string& name,
+      uint64_t identity, int32_t n_ff, const std::vector<LayerSpec>& layers);
 
-  // "/dev/shm/<name>", the file behind segment `name`.
-  static std::string PathOf(const std::string& name);
-
-  // Unlinks the segments named `prefix`* other than `keep` that hold caches
-  // for `identity` and that no process holds (what engines with other
-  // settings for the same file left behind); others' files, live and
-  // foreign segments are skipped. Returns a note per removed segment
-  // ("NAME (N bytes)").
-  static std::vector<std::string> RemoveStale(const std::string& prefix,
+  // Unlinks the segments in `dir` named `prefix`* other than `keep` that
+  // hold caches for `identity` and that no process holds (what engines with
+  // other settings for the same file left behind); files that are not ours
+  // alone, live and foreign segments are skipped. Returns a note per
+  // removed segment ("NAME (N bytes)").
+  static std::vector<std::string> RemoveStale(const shm::ShmDir& dir,
+                                              const std::string& prefix,
                                               uint64_t identity,
                                               const std::string& keep);
 
@@ -72,7 +79,13 @@ class CacheSegment {
   bool attached() const { return attached_; }
   const std::string& how() const { return how_; }
   const std::string& name() const { return name_; }
+  // The file's full path.
+  std::string path() const { return dir_->PathOf(name_); }
   uint64_t bytes() const { return bytes_; }
+
+  // OK while the mapping is intact; DATA_LOSS naming the file once someone
+  // truncated it under us (every slot then reads zeros: stop using it).
+  absl::Status CheckIntact() const;
 
   // Layer l's slot memory (capacity × bundle_bytes, 4096-aligned), the
   // neuron id of each slot, and how many slots hold a neuron.
@@ -89,6 +102,7 @@ class CacheSegment {
   CacheSegment() = default;
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  std::shared_ptr<const shm::ShmDir> dir_;
   std::string name_;
   std::string how_;
   bool attached_ = false;

@@ -22,6 +22,7 @@
 #include "common/flash/io_worker.h"
 #include "common/io/io_calibration.h"
 #include "common/io/random_access_file.h"
+#include "common/shm/shm_dir.h"
 
 namespace flashd::flash {
 
@@ -57,14 +58,17 @@ struct SourceOptions {
   // Cost model for coalescing reads (not owned; may be null).
   const io::IoProfile* profile = nullptr;
   // Flash mode: a shared-memory segment name (e.g. "flashd-cache", see
-  // AutoCacheSegmentName) for the neuron caches; a later engine for the same
-  // file and budget re-attaches and starts warm. Empty: private memory. One
-  // process per segment: a segment held by a live process is an error
-  // (FAILED_PRECONDITION), never shared or overwritten.
+  // AutoCacheSegmentName) in `cache_dir` for the neuron caches; a later
+  // engine for the same file and budget re-attaches and starts warm. Empty:
+  // private memory. One process per segment: a segment held by a live
+  // process is an error (FAILED_PRECONDITION), never shared or overwritten.
   std::string cache_segment;
+  // The directory of the segment (required with cache_segment; see
+  // shm::ShmDir).
+  std::shared_ptr<const shm::ShmDir> cache_dir;
   // cache_segment is AutoCacheSegmentName's: when it cannot be had for a
-  // reason other than another process holding it (no /dev/shm, no room
-  // there, another user's file), fall back to private memory and say why in
+  // reason other than another process holding it (no room, a file that is
+  // not ours alone), fall back to private memory and say why in
   // FlashSource::cache_segment_state() instead of failing; once it is held,
   // remove the unheld automatic segments of the same file that earlier
   // settings left (CacheSegment::RemoveStale), so changing --dram-budget or

@@ -236,16 +236,21 @@ class FlashModeSource final : public FlashSource {
       specs[l].capacity = split.Slots(n_ff, specs[l].bundle_bytes);
     }
     if (!options_.cache_segment.empty()) {
+      if (options_.cache_dir == nullptr) {
+        return absl::InvalidArgumentError(
+            "a neuron cache segment needs a shared-memory directory");
+      }
       absl::StatusOr<std::unique_ptr<CacheSegment>> seg =
-          CacheSegment::OpenOrCreate(options_.cache_segment, lay.identity,
-                                     n_ff, specs);
+          CacheSegment::OpenOrCreate(options_.cache_dir, options_.cache_segment,
+                                     lay.identity, n_ff, specs);
       if (seg.ok()) {
         segment_ = std::move(*seg);
         segment_name_ = segment_->name();
         segment_state_ = segment_->how();
         if (options_.cache_segment_auto) {
           for (const std::string& r : CacheSegment::RemoveStale(
-                   kAutoCacheSegmentPrefix, lay.identity, segment_name_)) {
+                   *options_.cache_dir, kAutoCacheSegmentPrefix, lay.identity,
+                   segment_name_)) {
             absl::StrAppend(&segment_state_, "; removed stale ", r);
           }
         }
@@ -575,15 +580,17 @@ absl::Status FlashModeSource::RunFfn(int32_t l, const float* xb,
     return status;
   }
   ffn_.Finish(out);
+  current_->layer = -1;  // consumed
+  current_ = nullptr;
   if (segment_ != nullptr) {
+    // Someone truncated the segment: the cached rows just read were zeros.
+    if (absl::Status s = segment_->CheckIntact(); !s.ok()) return s;
     const NeuronCache::Stats& cs = layers_[l].cache->stats();
     if (cs.inserts + cs.evictions != persisted_[l]) {
       segment_->Persist(l, layers_[l].cache->ids(), layers_[l].cache->size());
       persisted_[l] = cs.inserts + cs.evictions;
     }
   }
-  current_->layer = -1;  // consumed
-  current_ = nullptr;
   return absl::OkStatus();
 }
 

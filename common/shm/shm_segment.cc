@@ -1,25 +1,22 @@
 #include "common/shm/shm_segment.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
-#include <boost/interprocess/exceptions.hpp>
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
 #include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/base/errno_status.h"
 
 namespace flashd::shm {
-namespace {
 
-namespace bip = boost::interprocess;
-
-absl::Status ErrnoStatus(int err, const std::string& what) {
+absl::Status ShmErrnoStatus(int err, const std::string& what) {
   const std::string msg = absl::StrCat(what, ": ", std::strerror(err));
   switch (err) {
     case EEXIST:
@@ -35,31 +32,19 @@ absl::Status ErrnoStatus(int err, const std::string& what) {
   }
 }
 
-absl::Status BoostStatus(const bip::interprocess_exception& e,
-                         const std::string& what) {
-  if (e.get_native_error() != 0) return ErrnoStatus(e.get_native_error(), what);
-  return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-}
-
-}  // namespace
-
-struct ShmSegment::Impl {
-  bip::shared_memory_object shm;
-  bip::mapped_region region;
-};
-
-ShmSegment::ShmSegment(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
-  data_ = static_cast<uint8_t*>(impl_->region.get_address());
-  size_ = impl_->region.get_size();
-  name_ = impl_->shm.get_name();
-}
-
-ShmSegment::~ShmSegment() = default;
-
-int ShmSegment::fd() const { return impl_->shm.get_mapping_handle().handle; }
-
-std::string ShmSegment::PathOf(const std::string& name) {
-  return absl::StrCat("/dev/shm/", name);
+absl::Status ReserveShm(int fd, const std::string& path, uint64_t bytes) {
+  const int err = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes));
+  if (err == 0) return absl::OkStatus();
+  struct statvfs vfs;
+  const uint64_t free_bytes =
+      ::fstatvfs(fd, &vfs) == 0
+          ? static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize
+          : 0;
+  return ShmErrnoStatus(
+      err, absl::StrFormat("cannot reserve %d bytes (%.1f MiB) for %s (%.1f "
+                           "MiB free there)",
+                           bytes, bytes / 1048576.0, path,
+                           free_bytes / 1048576.0));
 }
 
 absl::Status ShmSegment::CheckName(const std::string& name) {
@@ -84,79 +69,103 @@ absl::Status ShmSegment::CheckName(const std::string& name) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Map(
+    int fd, const std::string& name, const std::string& path, size_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    ::close(fd);
+    return ShmErrnoStatus(
+        err, absl::StrCat("cannot map ", path, " (", bytes, " bytes)"));
+  }
+  return std::unique_ptr<ShmSegment>(
+      new ShmSegment(fd, static_cast<uint8_t*>(p), bytes, name, path));
+}
+
 absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Create(
-    const std::string& name, size_t bytes, mode_t mode) {
+    const ShmDir& dir, const std::string& name, size_t bytes, mode_t mode) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
+  const std::string path = dir.PathOf(name);
   if (bytes == 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("shared-memory segment '", name, "': size 0"));
+        absl::StrCat("shared-memory file ", path, ": size 0"));
   }
-  const std::string what =
-      absl::StrCat("creating shared-memory segment ", PathOf(name));
-  auto impl = std::make_unique<Impl>();
-  bool created = false;
-  try {
-    impl->shm = bip::shared_memory_object(bip::create_only, name.c_str(),
-                                          bip::read_write,
-                                          bip::permissions(mode & 07777));
-    created = true;
-    impl->shm.truncate(static_cast<bip::offset_t>(bytes));
-    // Reserve the pages now: a tmpfs that fills up later would otherwise
-    // deliver SIGBUS on the first store to an unbacked page.
-    const int fd = impl->shm.get_mapping_handle().handle;
-    if (int err = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes));
-        err != 0) {
-      impl.reset();
-      bip::shared_memory_object::remove(name.c_str());
-      return ErrnoStatus(err, absl::StrCat(what, " (", bytes, " bytes)"));
-    }
-    impl->region = bip::mapped_region(impl->shm, bip::read_write, 0, bytes);
-  } catch (const bip::interprocess_exception& e) {
-    impl.reset();
-    if (created) bip::shared_memory_object::remove(name.c_str());
-    return BoostStatus(e, what);
+  const int fd =
+      ::openat(dir.fd(), name.c_str(),
+               O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return ShmErrnoStatus(errno, absl::StrCat("cannot create ", path));
   }
-  return std::unique_ptr<ShmSegment>(new ShmSegment(std::move(impl)));
+  absl::Status s;
+  if (::fchmod(fd, mode & 07777) != 0 ||
+      ::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    s = ShmErrnoStatus(errno, absl::StrCat("cannot set up ", path));
+  } else {
+    s = ReserveShm(fd, path, bytes);
+  }
+  if (s.ok()) {
+    absl::StatusOr<std::unique_ptr<ShmSegment>> seg = Map(fd, name, path, bytes);
+    if (seg.ok()) return seg;
+    s = seg.status();
+  } else {
+    ::close(fd);
+  }
+  (void)::unlinkat(dir.fd(), name.c_str(), 0);
+  return s;
 }
 
 absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Open(
-    const std::string& name) {
-  if (absl::Status s = CheckName(name); !s.ok()) return s;
-  const std::string what =
-      absl::StrCat("opening shared-memory segment ", PathOf(name));
-  auto impl = std::make_unique<Impl>();
-  try {
-    impl->shm = bip::shared_memory_object(bip::open_only, name.c_str(),
-                                          bip::read_write);
-    bip::offset_t size = 0;
-    if (!impl->shm.get_size(size) || size <= 0) {
-      return absl::DataLossError(
-          absl::StrCat(what, ": the segment is empty (0 bytes)"));
-    }
-    impl->region = bip::mapped_region(impl->shm, bip::read_write);
-  } catch (const bip::interprocess_exception& e) {
-    return BoostStatus(e, what);
+    const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    return ShmErrnoStatus(err == ELOOP ? EACCES : err,
+                          absl::StrCat("cannot open ", path));
   }
-  return std::unique_ptr<ShmSegment>(new ShmSegment(std::move(impl)));
+  struct stat st;
+  std::string wrong;
+  if (::fstat(fd, &st) != 0) {
+    wrong = std::strerror(errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    wrong = "not a regular file";
+  } else if (st.st_uid != ::geteuid()) {
+    wrong = absl::StrFormat("belongs to uid %d, not to uid %d", st.st_uid,
+                            ::geteuid());
+  } else if ((st.st_mode & 077) != 0) {
+    wrong = absl::StrFormat("mode %04o lets others in", st.st_mode & 07777);
+  } else if (st.st_size <= 0) {
+    ::close(fd);
+    return absl::DataLossError(
+        absl::StrCat("opening ", path, ": the file is empty (0 bytes)"));
+  }
+  if (!wrong.empty()) {
+    ::close(fd);
+    return absl::PermissionDeniedError(
+        absl::StrCat("opening ", path, ": ", wrong));
+  }
+  return Map(fd, path.substr(path.rfind('/') + 1), path,
+             static_cast<size_t>(st.st_size));
 }
 
-absl::Status ShmSegment::Remove(const std::string& name) {
+absl::Status ShmSegment::Remove(const ShmDir& dir, const std::string& name) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
-  errno = 0;
-  if (!bip::shared_memory_object::remove(name.c_str())) {
-    return ErrnoStatus(
-        errno != 0 ? errno : EIO,
-        absl::StrCat("removing shared-memory segment ", PathOf(name)));
+  if (::unlinkat(dir.fd(), name.c_str(), 0) != 0) {
+    return ShmErrnoStatus(errno,
+                          absl::StrCat("removing ", dir.PathOf(name)));
   }
   return absl::OkStatus();
 }
 
+ShmSegment::~ShmSegment() {
+  ::munmap(data_, size_);
+  ::close(fd_);
+}
+
 absl::Status ShmSegment::ChownTo(uid_t uid) {
-  if (::fchown(fd(), uid, static_cast<gid_t>(-1)) != 0) {
+  if (::fchown(fd_, uid, static_cast<gid_t>(-1)) != 0) {
     const int err = errno;
-    return ErrnoStatus(
-        err, absl::StrCat("giving shared-memory segment ", PathOf(name_),
-                          " to uid ", uid,
+    return ShmErrnoStatus(
+        err, absl::StrCat("giving ", path_, " to uid ", uid,
                           " (needs root or CAP_CHOWN, e.g. "
                           "AmbientCapabilities=CAP_CHOWN in flashd.service)"));
   }

@@ -27,11 +27,11 @@ inline void CpuRelax() {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TokenRingReader>> TokenRingReader::Attach(
-    const std::string& name, uint64_t session_id) {
-  absl::StatusOr<std::unique_ptr<ShmSegment>> segment = ShmSegment::Open(name);
+    const std::string& path, uint64_t session_id) {
+  absl::StatusOr<std::unique_ptr<ShmSegment>> segment = ShmSegment::Open(path);
   if (!segment.ok()) return segment.status();
   if (absl::Status s = ValidateTokenRingHeader(
-          (*segment)->data(), (*segment)->size(), name, session_id);
+          (*segment)->data(), (*segment)->size(), path, session_id);
       !s.ok()) {
     return s;
   }
@@ -184,10 +184,6 @@ absl::StatusOr<RingEvent> TokenRingReader::Next(absl::Duration timeout) {
     // TryRead above and here changed it, and the wait returns at once.
     FutexWait(&h->wake_seq, seq, std::min(deadline - now, kLivenessInterval));
   }
-}
-
-absl::Status TokenRingReader::Unlink() const {
-  return ShmSegment::Remove(name());
 }
 
 }  // namespace flashd::shm

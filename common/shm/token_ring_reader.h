@@ -39,17 +39,18 @@ struct RingEvent {
 };
 
 // Single consumer of one ring (one reader per ring; not thread-safe).
-// Owns its mapping; the segment's name stays until the daemon removes it
-// (or Unlink()).
+// Owns its mapping; the daemon removes the file's name once the reader has
+// attached.
 class TokenRingReader {
  public:
-  // Opens /dev/shm/<name> read-write (the consumer publishes its read
-  // index) and validates the header against the segment size and
+  // Opens the ring file `path` read-write (the consumer publishes its read
+  // index; ShmSegment::Open checks it is a regular file of ours that nobody
+  // else can open) and validates the header against the file's size and
   // `session_id` (see ValidateTokenRingHeader for the errors; plus
   // NOT_FOUND / PERMISSION_DENIED from opening). Resumes at the stored read
   // index and records this process as the consumer.
   static absl::StatusOr<std::unique_ptr<TokenRingReader>> Attach(
-      const std::string& name, uint64_t session_id);
+      const std::string& path, uint64_t session_id);
 
   ~TokenRingReader();
   TokenRingReader(const TokenRingReader&) = delete;
@@ -73,10 +74,6 @@ class TokenRingReader {
   // OK while the producer runs (or cannot be checked: another pid
   // namespace); UNAVAILABLE naming its pid once it died.
   absl::Status CheckProducer() const;
-
-  // Unlinks the segment's name (the client owns the file, so it may; for
-  // cleaning up after a dead daemon). The mapping stays valid.
-  absl::Status Unlink() const;
 
   const std::string& name() const { return segment_->name(); }
   uint32_t capacity() const { return capacity_; }

@@ -37,14 +37,19 @@ std::string MakeTokenRingName(uint64_t session_id) {
                          nonce);
 }
 
-int RemoveStaleTokenRings() {
+int RemoveStaleTokenRings(const ShmDir& dir) {
   const uint64_t ns = SelfIdentity().pid_ns;
   if (ns == 0) return 0;  // cannot tell our pids from others'
-  DIR* dir = ::opendir("/dev/shm");
-  if (dir == nullptr) return 0;
+  const int dfd = ::openat(dir.fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return 0;
+  DIR* d = ::fdopendir(dfd);
+  if (d == nullptr) {
+    ::close(dfd);
+    return 0;
+  }
   const std::string ours = absl::StrFormat("flashd-ring-%x-", ns);
   int removed = 0;
-  while (const dirent* e = ::readdir(dir)) {
+  while (const dirent* e = ::readdir(d)) {
     const absl::string_view name(e->d_name);
     if (!absl::StartsWith(name, ours)) continue;
     const absl::string_view rest = name.substr(ours.size());
@@ -53,37 +58,33 @@ int RemoveStaleTokenRings() {
       continue;
     }
     if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or unsure
-    // Anyone can create names here: only plain files with one link are
-    // touched, and never through a symlink.
-    const std::string path = absl::StrCat("/dev/shm/", name);
+    const std::string n(name);
+    // Only this daemon's uid can create names here. A client that linked
+    // its ring elsewhere keeps the inode: release its memory first.
+    const int fd = ::openat(dir.fd(), n.c_str(),
+                            O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
     struct stat st;
-    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
-        st.st_nlink != 1) {
-      continue;
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      if (st.st_nlink > 1) (void)::ftruncate(fd, 0);
+      removed += ::unlinkat(dir.fd(), n.c_str(), 0) == 0;
     }
-    // /dev/shm is sticky: take the file back (CAP_CHOWN) before unlinking.
-    if (::geteuid() != 0 && st.st_uid != ::geteuid()) {
-      if (::fchownat(AT_FDCWD, path.c_str(), ::geteuid(), static_cast<gid_t>(-1),
-                     AT_SYMLINK_NOFOLLOW) != 0) {
-        continue;
-      }
-    }
-    removed += ::unlink(path.c_str()) == 0;
+    ::close(fd);
   }
-  ::closedir(dir);
+  ::closedir(d);
   return removed;
 }
 
 absl::StatusOr<std::unique_ptr<TokenRingWriter>> TokenRingWriter::Create(
-    const std::string& name, uint32_t capacity, uint64_t session_id,
-    uid_t owner) {
+    std::shared_ptr<const ShmDir> dir, const std::string& name,
+    uint32_t capacity, uint64_t session_id, uid_t owner) {
   if (absl::Status s = CheckRingCapacity(capacity); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<ShmSegment>> segment =
-      ShmSegment::Create(name, TokenRingSegmentBytes(capacity), 0600);
+      ShmSegment::Create(*dir, name, TokenRingSegmentBytes(capacity), 0600);
   if (!segment.ok()) return segment.status();
   // From here on, any error unlinks the name again.
-  auto fail = [&name](absl::Status s) {
-    (void)ShmSegment::Remove(name);
+  auto fail = [&dir, &name](absl::Status s) {
+    (void)ShmSegment::Remove(*dir, name);
     return s;
   };
   const ProcessIdentity self = SelfIdentity();
@@ -102,26 +103,25 @@ absl::StatusOr<std::unique_ptr<TokenRingWriter>> TokenRingWriter::Create(
   h.finish_reason = static_cast<uint32_t>(FinishReason::kNone);
   // Nobody else can open the segment yet (0600, still ours): a plain copy.
   std::memcpy((*segment)->data(), &h, sizeof(h));
-  bool chowned = false;
   if (owner != ::geteuid()) {
     if (absl::Status s = (*segment)->ChownTo(owner); !s.ok()) {
       return fail(std::move(s));
     }
-    chowned = true;
   }
   absl::StatusOr<ShmFaultGuard> guard =
       ShmFaultGuard::Register((*segment)->data(), (*segment)->size());
   if (!guard.ok()) return fail(guard.status());
-  std::unique_ptr<TokenRingWriter> writer(new TokenRingWriter(
-      std::move(*segment), std::move(*guard), capacity, session_id));
-  writer->chowned_ = chowned;
-  return writer;
+  return std::unique_ptr<TokenRingWriter>(
+      new TokenRingWriter(std::move(dir), std::move(*segment),
+                          std::move(*guard), capacity, session_id));
 }
 
-TokenRingWriter::TokenRingWriter(std::unique_ptr<ShmSegment> segment,
+TokenRingWriter::TokenRingWriter(std::shared_ptr<const ShmDir> dir,
+                                 std::unique_ptr<ShmSegment> segment,
                                  ShmFaultGuard guard, uint32_t capacity,
                                  uint64_t session_id)
-    : segment_(std::move(segment)),
+    : dir_(std::move(dir)),
+      segment_(std::move(segment)),
       guard_(std::move(guard)),
       records_(reinterpret_cast<TokenRecord*>(segment_->data() +
                                               kTokenRingHeaderBytes)),
@@ -135,13 +135,19 @@ std::atomic<int64_t> TokenRingWriter::live_{0};
 TokenRingWriter::~TokenRingWriter() {
   if (!finished_ && broken_.ok()) (void)Finish(FinishReason::kAbandoned);
   if (!removed_) (void)Remove();
+  // The name is gone; an inode still linked is a hard link the client made
+  // elsewhere. Its memory is the daemon's to give back: keep nothing.
+  struct stat st;
+  if (::fstat(segment_->fd(), &st) == 0 && st.st_nlink > 0) {
+    (void)::ftruncate(segment_->fd(), 0);
+  }
   live_.fetch_sub(1);
 }
 
 absl::Status TokenRingWriter::CheckIntact() {
   if (broken_.ok() && guard_.Faulted()) {
     broken_ = absl::DataLossError(absl::StrCat(
-        "token ring ", ShmSegment::PathOf(name()),
+        "token ring ", segment_->path(),
         " was truncated by its consumer; the session's ring is gone"));
   }
   return broken_;
@@ -171,6 +177,8 @@ absl::Status TokenRingWriter::Push(int32_t token_id, uint32_t index,
     return absl::FailedPreconditionError(absl::StrCat(
         "token ring ", name(), " is finished; cannot push token ", index));
   }
+  // The client has the file open: its name is no longer needed.
+  if (!removed_ && consumer_attached()) (void)Remove();
   const uint32_t need = RecordsForText(text.size());
   if (text.size() > size_t{capacity_} * kRecordTextBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -235,12 +243,7 @@ absl::Status TokenRingWriter::Finish(FinishReason reason) {
 absl::Status TokenRingWriter::Remove() {
   if (removed_) return absl::OkStatus();
   removed_ = true;
-  // /dev/shm is sticky: only the file's owner (or CAP_FOWNER) may unlink.
-  // We could give the file away, so we can take it back.
-  if (chowned_ && ::geteuid() != 0) {
-    if (absl::Status s = segment_->ChownTo(::geteuid()); !s.ok()) return s;
-  }
-  return ShmSegment::Remove(name());
+  return ShmSegment::Remove(*dir_, name());
 }
 
 bool TokenRingWriter::consumer_attached() {

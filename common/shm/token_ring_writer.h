@@ -1,15 +1,20 @@
 // The daemon's end of a session's token ring (see token_ring_layout.h).
 //
-// Who can map a ring ("only the client can map it", precisely): the
-// segment /dev/shm/<name> is created with O_EXCL and mode 0600, then
-// fchown'ed to the client's uid. Open by name then succeeds only for
-// processes running as that uid (every process of that user, not just the
-// requesting one: the user is the trust boundary), and for root or holders
-// of CAP_DAC_OVERRIDE. The daemon itself keeps its mapping and descriptor
-// from creation; it never reopens the name. The group and others get no
-// bits. Giving the file away needs root or CAP_CHOWN (a non-root daemon
-// gets it from AmbientCapabilities=CAP_CHOWN); Remove() takes the file back
-// before unlinking, since /dev/shm's sticky bit lets only the owner unlink.
+// Who can map a ring ("only the client can map it", precisely): the file
+// is created in the daemon's ShmDir (a directory only the daemon can write,
+// searchable by all) with O_EXCL and mode 0600, then fchown'ed to the
+// client's uid. Opening it by path then succeeds only for processes running
+// as that uid (every process of that user, not just the requesting one: the
+// user is the trust boundary), and for root or holders of
+// CAP_DAC_OVERRIDE. The daemon itself keeps its mapping and descriptor from
+// creation; it never reopens the name. The group and others get no bits.
+// Giving the file away needs root or CAP_CHOWN (a non-root daemon gets it
+// from AmbientCapabilities=CAP_CHOWN). Nobody but the daemon can rename or
+// unlink the name (the directory is the daemon's); the daemon unlinks it as
+// soon as the client has attached. A client can still hard-link the file it
+// owns into another directory of the same filesystem: at destruction the
+// writer truncates a file that is still linked somewhere, so such links
+// keep no memory.
 //
 // How the daemon learns the uid: from the kernel, never from the request.
 // The server reads SO_PEERCRED (struct ucred) of the accepted Unix-socket
@@ -35,6 +40,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/shm/shm_dir.h"
 #include "common/shm/shm_fault_guard.h"
 #include "common/shm/shm_segment.h"
 #include "common/shm/token_ring_layout.h"
@@ -49,28 +55,28 @@ std::string TokenRingPrefix(pid_t pid);
 // TokenRingPrefix(getpid()) + "<session hex>-<64 random bits hex>".
 std::string MakeTokenRingName(uint64_t session_id);
 
-// Unlinks rings in /dev/shm left by daemons of our pid namespace that died
-// (the pid in the name no longer exists; a live or unknown pid, another
-// namespace's ring, a symlink or a file with other links is left alone). A
-// SIGKILLed daemon cannot clean up, and a client that never attached leaves
-// the name. Returns how many were removed.
-int RemoveStaleTokenRings();
+// Unlinks rings in `dir` left by daemons of our pid namespace that died
+// (the pid in the name no longer exists; a live or unknown pid, or another
+// namespace's ring is left alone; a ring linked elsewhere too is truncated
+// first). A SIGKILLed daemon cannot clean up, and a client that never
+// attached leaves the name. Returns how many were removed.
+int RemoveStaleTokenRings(const ShmDir& dir);
 
 // Single producer of one ring. Not thread-safe: one thread (the inference
 // thread) pushes. Destruction finishes the ring (kAbandoned) if Finish()
 // was not called, unlinks the name if Remove() was not called, and unmaps.
 class TokenRingWriter {
  public:
-  // Creates /dev/shm/<name> (must not exist) for `capacity` records (a
+  // Creates `name` in `dir` (must not exist) for `capacity` records (a
   // power of two, kMinRingCapacity..kMaxRingCapacity), mode 0600, header
   // written, state open; gives it to `owner` if that is not our euid.
   // Errors: INVALID_ARGUMENT (name, capacity), ALREADY_EXISTS (pick another
   // name), PERMISSION_DENIED (cannot chown: not root, no CAP_CHOWN),
-  // RESOURCE_EXHAUSTED (/dev/shm full, too many rings). On error nothing
-  // is left under /dev/shm.
+  // RESOURCE_EXHAUSTED (tmpfs full, too many rings). On error nothing is
+  // left in `dir`.
   static absl::StatusOr<std::unique_ptr<TokenRingWriter>> Create(
-      const std::string& name, uint32_t capacity, uint64_t session_id,
-      uid_t owner);
+      std::shared_ptr<const ShmDir> dir, const std::string& name,
+      uint32_t capacity, uint64_t session_id, uid_t owner);
 
   ~TokenRingWriter();
   TokenRingWriter(const TokenRingWriter&) = delete;
@@ -96,8 +102,9 @@ class TokenRingWriter {
   absl::Status Finish(FinishReason reason);
 
   // Unlinks the name (the client keeps its mapping; the memory goes when
-  // both sides unmap). Call once the client has attached, or at the end.
-  // Idempotent; errors name the segment and the OS reason.
+  // both sides unmap). Push does it once the client has attached;
+  // destruction at the latest. Idempotent; errors name the file and the OS
+  // reason.
   absl::Status Remove();
 
   // True once a consumer wrote its pid into the header (advisory: written
@@ -108,6 +115,8 @@ class TokenRingWriter {
   static int64_t live_rings() { return live_.load(); }
 
   const std::string& name() const { return segment_->name(); }
+  // The file's full path (what the client opens).
+  const std::string& path() const { return segment_->path(); }
   uint64_t session_id() const { return session_id_; }
   uint32_t capacity() const { return capacity_; }
   // Records published so far (the write index).
@@ -115,7 +124,8 @@ class TokenRingWriter {
   bool finished() const { return finished_; }
 
  private:
-  TokenRingWriter(std::unique_ptr<ShmSegment> segment, ShmFaultGuard guard,
+  TokenRingWriter(std::shared_ptr<const ShmDir> dir,
+                  std::unique_ptr<ShmSegment> segment, ShmFaultGuard guard,
                   uint32_t capacity, uint64_t session_id);
   TokenRingHeader* header() const {
     return reinterpret_cast<TokenRingHeader*>(segment_->data());
@@ -124,6 +134,7 @@ class TokenRingWriter {
   absl::Status CheckIntact();
   void Wake();
 
+  std::shared_ptr<const ShmDir> dir_;
   std::unique_ptr<ShmSegment> segment_;
   ShmFaultGuard guard_;  // declared after segment_: released before unmap
   TokenRecord* records_;
@@ -132,7 +143,6 @@ class TokenRingWriter {
   uint64_t write_index_ = 0;  // our copy; the shared one is never read back
   bool finished_ = false;
   bool removed_ = false;
-  bool chowned_ = false;
   absl::Status broken_;
   static std::atomic<int64_t> live_;
 };

@@ -14,6 +14,7 @@
 #include "common/flash/flash_file.h"
 #include "common/io/io_calibration.h"
 #include "common/model/model_loader.h"
+#include "common/shm/shm_dir.h"
 #include "common/sparsity/sparsity_file.h"
 #include "daemon/cli/args.h"
 
@@ -51,16 +52,22 @@ struct Engine {
   uint64_t dram_budget = 0;       // 0: unbounded
   std::string sparsity_desc;      // "off (dense-exact)" or "keep 0.90 ..."
   std::string io_profile_path;    // empty when none
+  // The shared-memory directory (--shm-dir), when a cache segment uses it.
+  std::shared_ptr<const shm::ShmDir> shm_dir;
 };
 
 // Declares --model, --tokenizer, --threads, --ctx, --batch, --kv-type and
 // the flash flags (--mode, --flash, --dram-budget, --window, --sparsity,
-// --sparsity-file, --cache-shm, --io-profile) on `args`. `daemon`: the
+// --sparsity-file, --cache-shm, --shm-dir, --io-profile) on `args`. `daemon`: the
 // defaults of flashd serve (--cache-shm auto: a restarted daemon starts
 // with a warm neuron cache); otherwise --cache-shm '' (private).
 void AddEngineFlags(Args& args, bool daemon = false);
 // Loads the model and builds the engine from those flags.
 absl::StatusOr<Engine> OpenEngine(const Args& args);
+// Opens --shm-dir (default shm::DefaultShmDirPath()); when that directory
+// is refused, the fallback's note goes to stderr.
+absl::StatusOr<std::shared_ptr<const shm::ShmDir>> OpenShmDir(
+    const Args& args);
 
 // Parses argv for `command`; prints help for --help (returns 0 via
 // *exit_code) or the error (exit code 2). Returns true to continue.

@@ -191,16 +191,34 @@ void AddEngineFlags(Args& args, bool daemon) {
       .Flag("sparsity-file", "",
             "sparsity profile (default: model with extension .sparsity)")
       .Flag("cache-shm", daemon ? "auto" : "",
-            "flash mode: keep the neuron caches in the shared-memory segment "
-            "/dev/shm/NAME so a restarted engine with the same file and "
+            "flash mode: keep the neuron caches in the shared-memory file "
+            "NAME of --shm-dir so a restarted engine with the same file and "
             "settings starts warm; auto: NAME = flashd-cache-<16 hex digits "
             "of the file, budget, window and predictor> (private memory when "
-            "/dev/shm cannot hold it, or in the other modes); '': private "
-            "memory. One process per segment: a second one using it fails. "
-            "flashd serve defaults to auto, the other commands to ''")
+            "it cannot be had, or in the other modes); '': private memory. "
+            "One process per segment: a second one using it fails. flashd "
+            "serve defaults to auto, the other commands to ''")
+      .Flag("shm-dir", "",
+            "directory for shared memory (the neuron cache segment; serve's "
+            "token rings): created mode 0711, writable only by this uid; one "
+            "that is not ours alone is never used (a fresh PATH.XXXXXX "
+            "instead). Default /dev/shm/flashd-<euid>")
       .Flag("io-profile", "",
             "I/O profile from calibrate-io for the read planner (default: "
             "<flash file>.ioprofile.json when present)");
+}
+
+absl::StatusOr<std::shared_ptr<const shm::ShmDir>> OpenShmDir(
+    const Args& args) {
+  std::string path = args.Get("shm-dir");
+  if (path.empty()) path = shm::DefaultShmDirPath();
+  absl::StatusOr<std::shared_ptr<const shm::ShmDir>> dir =
+      shm::ShmDir::Open(path);
+  if (dir.ok() && !(*dir)->note().empty()) {
+    std::fprintf(stderr, "[flashd] shared memory: %s\n",
+                 (*dir)->note().c_str());
+  }
+  return dir;
 }
 
 absl::StatusOr<Engine> OpenEngine(const Args& args) {
@@ -333,6 +351,12 @@ absl::StatusOr<Engine> OpenEngine(const Args& args) {
                              ? flash::AutoCacheSegmentName(*e.flash_file, so)
                              : "";
       so.cache_segment_auto = true;
+    }
+    if (!so.cache_segment.empty()) {
+      absl::StatusOr<std::shared_ptr<const shm::ShmDir>> dir = OpenShmDir(args);
+      if (!dir.ok()) return dir.status();
+      e.shm_dir = *dir;
+      so.cache_dir = e.shm_dir;
     }
     absl::StatusOr<std::unique_ptr<flash::FlashSource>> src =
         flash::OpenFlashSource(*e.flash_file, so, e.pool.get(), max_batch);

@@ -178,6 +178,12 @@ int ServeCommand(int argc, char** argv) {
   model.mode = flash::ModeName(engine->mode);
   model.sparsity = engine->sparsity_desc;
   model.dram_budget = engine->dram_budget;
+  if (engine->shm_dir == nullptr) {  // no cache segment: the rings need one
+    absl::StatusOr<std::shared_ptr<const shm::ShmDir>> dir = OpenShmDir(args);
+    if (!dir.ok()) return Fail("serve", dir.status());
+    engine->shm_dir = *dir;
+  }
+  model.shm_dir = engine->shm_dir;
   engine->kv.reset();  // the server gives every session its own
 
   // Flash mode: where the neuron cache lives and whether it started warm
@@ -186,8 +192,9 @@ int ServeCommand(int argc, char** argv) {
   if (engine->mode == flash::Mode::kFlash && engine->source != nullptr) {
     const flash::FlashSource& src = *engine->source;
     if (!src.cache_segment().empty()) {
-      cache = absl::StrFormat("; neuron cache /dev/shm/%s (%s, %d neurons)",
-                              src.cache_segment(), src.cache_segment_state(),
+      cache = absl::StrFormat("; neuron cache %s (%s, %d neurons)",
+                              model.shm_dir->PathOf(src.cache_segment()),
+                              src.cache_segment_state(),
                               src.stats().warm_neurons);
     } else {
       cache = src.cache_segment_state().empty()

@@ -37,6 +37,7 @@ struct SessionEvent {
   std::string session_id;      // kStarted
   int32_t prompt_tokens = 0;   // kStarted
   std::string shm_name;        // kStarted: the token ring, if any
+  std::string shm_path;        // kStarted: the ring file's full path
   uint64_t shm_bytes = 0;      // kStarted
   uint64_t shm_session_id = 0; // kStarted
   int32_t token_id = 0;        // kToken

@@ -24,6 +24,7 @@
 #include "common/engine/forward.h"
 #include "common/engine/kv_cache.h"
 #include "common/flash/flash_engine.h"
+#include "common/shm/shm_dir.h"
 #include "common/tokenizer/tokenizer.h"
 #include "daemon/server/event_channel.h"
 #include "daemon/server/session.h"
@@ -42,6 +43,8 @@ struct ServedModel {
   // For GetModelInfo.
   std::string name, path, type, mode, sparsity;
   uint64_t dram_budget = 0;  // 0: unbounded
+  // Where token rings (and the neuron cache segment) are created.
+  std::shared_ptr<const shm::ShmDir> shm_dir;
 };
 
 struct SchedulerOptions {

@@ -117,7 +117,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       return s;
     }
   }
-  if (const int stale = shm::RemoveStaleTokenRings(); stale > 0) {
+  if (model.shm_dir == nullptr) {
+    return absl::InvalidArgumentError("the server needs a shared-memory directory");
+  }
+  if (const int stale = shm::RemoveStaleTokenRings(*model.shm_dir); stale > 0) {
     std::fprintf(stderr, "flashd serve: removed %d token rings of dead daemons\n",
                  stale);
   }

@@ -33,6 +33,7 @@ void ToProto(const SessionEvent& e, v1::GenerateEvent* out) {
       s->set_prompt_tokens(e.prompt_tokens);
       if (!e.shm_name.empty()) {
         s->set_shm_name(e.shm_name);
+        s->set_shm_path(e.shm_path);
         s->set_shm_bytes(e.shm_bytes);
         s->set_shm_session_id(e.shm_session_id);
       }
@@ -190,7 +191,7 @@ absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(
   }
   const uint64_t ring_id = next_ring_id_.fetch_add(1);
   absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> ring =
-      shm::TokenRingWriter::Create(shm::MakeTokenRingName(ring_id),
+      shm::TokenRingWriter::Create(model_.shm_dir, shm::MakeTokenRingName(ring_id),
                                    RingCapacityFor(request, model_.n_ctx, max_piece_bytes_),
                                    ring_id, cred->uid);
   if (!ring.ok()) {
@@ -277,6 +278,10 @@ grpc::ServerUnaryReactor* FlashdService::GetStats(
   response->set_flash_bytes_per_token(s.flash_bytes_per_token);
   response->set_read_mb_s(s.read_mb_s);
   response->set_shm_segments(shm::TokenRingWriter::live_rings());
+  if (model_.shm_dir != nullptr) {
+    response->set_shm_dir(model_.shm_dir->path());
+    response->set_shm_dir_state(model_.shm_dir->note());
+  }
   if (model_.source != nullptr) {
     response->set_cache_segment(model_.source->cache_segment());
     response->set_cache_segment_state(model_.source->cache_segment_state());

@@ -58,6 +58,7 @@ void Session::Admit(const ModelConfig& config, int32_t n_ctx, KvType kv_type) {
   started.prompt_tokens = static_cast<int32_t>(request_.prompt.size());
   if (ring_ != nullptr) {
     started.shm_name = ring_->name();
+    started.shm_path = ring_->path();
     started.shm_bytes = shm::TokenRingSegmentBytes(ring_->capacity());
     started.shm_session_id = ring_->session_id();
   }
