@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/shm/token_ring_layout.h"
 #include "daemon/server/unix_listener.h"
-#include <utility>
-#include <vector>
 
 namespace flashd::server {
 namespace {
@@ -62,8 +62,9 @@ void ToProto(const SessionEvent& e, v1::GenerateEvent* out) {
   }
 }
 
-// One Generate stream. Owns nothing but the message in flight; deletes
-// itself in OnDone (gRPC's rule for callback reactors).
+// One Generate stream. Owns nothing but the message in flight and, once
+// HoldStream was called, one of its caller's stream slots; deletes itself in
+// OnDone (gRPC's rule for callback reactors).
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>,
                               public EventWriter {
  public:
@@ -72,6 +73,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     service_->StreamOpened();
     channel_->Attach(this);
   }
+
+  // The stream holds a slot of `caller` (PeerCounter), given back in OnDone.
+  void HoldStream(std::string caller) { caller_ = std::move(caller); }
 
   // EventWriter: called by the channel, one at a time.
   void StartEvent(const SessionEvent& event) override {
@@ -96,6 +100,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   void OnDone() override {
     channel_->Detach();  // the session sees cancelled() and is freed
     FlashdService* service = service_;
+    if (!caller_.empty()) service->streams().Release(caller_);
     delete this;
     service->StreamClosed();
   }
@@ -103,8 +108,17 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
  private:
   FlashdService* const service_;
   std::shared_ptr<EventChannel> channel_;
+  std::string caller_;
   v1::GenerateEvent message_;  // valid until its write completes
 };
+
+void PushError(const std::shared_ptr<EventChannel>& channel,
+               absl::Status status) {
+  SessionEvent error;
+  error.kind = SessionEvent::Kind::kError;
+  error.error = std::move(status);
+  channel->Push(std::move(error));
+}
 
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
                                  const grpc::Status& status) {
@@ -121,13 +135,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 }
 
 FlashdService::FlashdService(const ServedModel& model, Scheduler* scheduler,
-                             int32_t default_max_tokens)
+                             const ServiceLimits& limits)
     : model_(model),
       scheduler_(scheduler),
-      started_(std::chrono::steady_clock::now()) {
+      limits_(limits.request),
+      streams_(limits.max_streams_per_uid, "--max-streams-per-uid",
+               "Generate streams"),
+      started_(std::chrono::steady_clock::now()),
+      tokenizer_(limits.max_tokenize_jobs) {
   limits_.n_vocab = model.forward->config().n_vocab;
   limits_.n_ctx = model.n_ctx;
-  limits_.default_max_tokens = default_max_tokens;
   for (const std::string& piece : model.tokenizer->vocab().pieces) {
     max_piece_bytes_ = std::max(max_piece_bytes_, piece.size());
   }
@@ -137,31 +154,57 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   auto channel = std::make_shared<EventChannel>();
   auto* reactor = new GenerateReactor(this, channel);
-  absl::StatusOr<SessionRequest> parsed =
-      ParseGenerateRequest(*request, *model_.tokenizer, limits_);
-  absl::Status status = parsed.status();
+  absl::Status status = Refused(context);
+  if (status.ok()) status = PrecheckGenerateRequest(*request, limits_);
   if (status.ok() && !generating_.load()) {
     status = absl::UnavailableError(
         "flashd is shutting down and takes no new generations; retry once "
         "it is back");
   }
+  const std::string caller = CallerOf(context->peer());
+  if (status.ok()) {
+    status = streams_.Acquire(caller);
+    if (status.ok()) reactor->HoldStream(caller);
+  }
+  int64_t ring_uid = -1;
+  if (status.ok() && request->delivery() == v1::SHARED_MEMORY) {
+    absl::StatusOr<uid_t> uid = RingOwner(context);
+    status = uid.status();
+    if (uid.ok()) ring_uid = *uid;
+  }
+  if (status.ok()) {
+    if (request->input_case() == v1::GenerateRequest::kPrompt) {
+      // Tokenizing takes time: on the tokenizer thread, with a copy of the
+      // request (the call's own may go before the job runs).
+      status = tokenizer_.Submit(
+          caller, [this, copy = *request, ring_uid, channel] {
+            if (!channel->cancelled()) StartSession(copy, ring_uid, channel);
+          });
+    } else {
+      StartSession(*request, ring_uid, channel);
+    }
+  }
+  if (!status.ok()) PushError(channel, std::move(status));
+  return reactor;
+}
+
+void FlashdService::StartSession(const v1::GenerateRequest& request,
+                                 int64_t ring_uid,
+                                 const std::shared_ptr<EventChannel>& channel) {
+  absl::StatusOr<SessionRequest> parsed =
+      ParseGenerateRequest(request, *model_.tokenizer, limits_);
+  absl::Status status = parsed.status();
   std::unique_ptr<shm::TokenRingWriter> ring;
-  if (status.ok() && parsed->shared_memory) {
+  if (status.ok() && ring_uid >= 0) {
     absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> made =
-        MakeRing(context, *parsed);
+        MakeRing(static_cast<uid_t>(ring_uid), *parsed);
     status = made.status();
     if (made.ok()) ring = std::move(*made);
   }
   if (status.ok()) {
     status = scheduler_->Enqueue(std::move(*parsed), channel, std::move(ring));
   }
-  if (!status.ok()) {
-    SessionEvent error;
-    error.kind = SessionEvent::Kind::kError;
-    error.error = status;
-    channel->Push(std::move(error));
-  }
-  return reactor;
+  if (!status.ok()) PushError(channel, std::move(status));
 }
 
 void FlashdService::StopGenerating() { generating_.store(false); }
@@ -181,21 +224,31 @@ void FlashdService::StreamClosed() {
   if (--open_streams_ == 0) streams_cv_.notify_all();
 }
 
-absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(
-    grpc::CallbackServerContext* context, const SessionRequest& request) {
+absl::Status FlashdService::Refused(grpc::CallbackServerContext* context) const {
+  if (listener_ == nullptr) return absl::OkStatus();
+  return listener_->Refusal(context->peer());
+}
+
+absl::StatusOr<uid_t> FlashdService::RingOwner(
+    grpc::CallbackServerContext* context) {
   absl::StatusOr<PeerCredentials> cred = PeerOf(context->peer());
   if (!cred.ok()) return cred.status();
   if (context->IsCancelled()) {  // its descriptor may be another's by now
     return absl::CancelledError("the client went away");
   }
+  return cred->uid;
+}
+
+absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(
+    uid_t uid, const SessionRequest& request) {
   const uint64_t ring_id = next_ring_id_.fetch_add(1);
   absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> ring =
       shm::TokenRingWriter::Create(shm::MakeTokenRingName(ring_id),
                                    RingCapacityFor(request, model_.n_ctx, max_piece_bytes_),
-                                   ring_id, cred->uid);
+                                   ring_id, uid);
   if (!ring.ok()) {
     return absl::Status(ring.status().code(),
-                        absl::StrCat("shared-memory delivery for uid ", cred->uid,
+                        absl::StrCat("shared-memory delivery for uid ", uid,
                                      ": ", ring.status().message()));
   }
   return ring;
@@ -225,19 +278,31 @@ uint32_t RingCapacityFor(const SessionRequest& request, int32_t n_ctx,
 grpc::ServerUnaryReactor* FlashdService::Tokenize(
     grpc::CallbackServerContext* context, const v1::TokenizeRequest* request,
     v1::TokenizeResponse* response) {
-  for (int32_t id : model_.tokenizer->Encode(request->text(), request->add_bos())) {
-    response->add_ids(id);
-  }
-  return Answer(context, grpc::Status::OK);
+  absl::Status checked = Refused(context);
+  if (checked.ok()) checked = CheckTokenizeRequest(*request, limits_);
+  if (!checked.ok()) return Answer(context, ToGrpcStatus(checked));
+  // The request and response stay valid until the reactor finishes.
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const absl::Status queued =
+      tokenizer_.Submit(CallerOf(context->peer()), [this, request, response,
+                                                   reactor] {
+        for (int32_t id :
+             model_.tokenizer->Encode(request->text(), request->add_bos())) {
+          response->add_ids(id);
+        }
+        reactor->Finish(grpc::Status::OK);
+      });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* FlashdService::Detokenize(
     grpc::CallbackServerContext* context, const v1::DetokenizeRequest* request,
     v1::DetokenizeResponse* response) {
+  absl::Status checked = Refused(context);
+  if (checked.ok()) checked = CheckDetokenizeRequest(*request, limits_);
+  if (!checked.ok()) return Answer(context, ToGrpcStatus(checked));
   const std::vector<int32_t> ids(request->ids().begin(), request->ids().end());
-  if (absl::Status s = CheckIds(ids, limits_.n_vocab, "ids"); !s.ok()) {
-    return Answer(context, ToGrpcStatus(s));
-  }
   response->set_text(model_.tokenizer->Decode(ids));
   return Answer(context, grpc::Status::OK);
 }
@@ -247,7 +312,8 @@ grpc::ServerUnaryReactor* FlashdService::GetModelInfo(
     const v1::GetModelInfoRequest* request, v1::ModelInfo* response) {
   const ModelConfig& c = model_.forward->config();
   response->set_name(model_.name);
-  response->set_path(model_.path);
+  // A remote caller learns nothing of the server's file system.
+  if (PeerOf(context->peer()).ok()) response->set_path(model_.path);
   response->set_type(model_.type);
   response->set_mode(model_.mode);
   response->set_n_vocab(c.n_vocab);
@@ -265,6 +331,9 @@ grpc::ServerUnaryReactor* FlashdService::GetModelInfo(
 grpc::ServerUnaryReactor* FlashdService::GetStats(
     grpc::CallbackServerContext* context, const v1::GetStatsRequest* request,
     v1::Stats* response) {
+  if (absl::Status refused = Refused(context); !refused.ok()) {
+    return Answer(context, ToGrpcStatus(refused));
+  }
   const SchedulerStats s = scheduler_->Stats();
   response->set_sessions_active(s.sessions_active);
   response->set_sessions_queued(s.sessions_queued);
