@@ -132,7 +132,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   std::shared_ptr<grpc::ServerCredentials> tcp_credentials;
   if (!options.listen.empty()) {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
-        MakeTcpCredentials(options.tcp);
+        MakeTcpCredentials(options.listen, options.tcp);
     if (!creds.ok()) return creds.status();
     tcp_credentials = std::move(*creds);
   }

@@ -120,6 +120,27 @@ void PushError(const std::shared_ptr<EventChannel>& channel,
   channel->Push(std::move(error));
 }
 
+// `text` with every absolute path cut to its file name: what a remote
+// caller may see of a message that names server files.
+std::string HidePaths(const std::string& text) {
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const bool starts = text[i] == '/' &&
+                        (i == 0 || text[i - 1] == ' ' || text[i - 1] == '(');
+    if (!starts) {
+      out.push_back(text[i++]);
+      continue;
+    }
+    size_t end = text.find_first_of(" ),;:", i);
+    if (end == std::string::npos) end = text.size();
+    const size_t slash = text.rfind('/', end - 1);
+    out.append(text, slash + 1, end - slash - 1);
+    i = end;
+  }
+  return out;
+}
+
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
                                  const grpc::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -313,7 +334,8 @@ grpc::ServerUnaryReactor* FlashdService::GetModelInfo(
   const ModelConfig& c = model_.forward->config();
   response->set_name(model_.name);
   // A remote caller learns nothing of the server's file system.
-  if (PeerOf(context->peer()).ok()) response->set_path(model_.path);
+  const bool local = PeerOf(context->peer()).ok();
+  if (local) response->set_path(model_.path);
   response->set_type(model_.type);
   response->set_mode(model_.mode);
   response->set_n_vocab(c.n_vocab);
@@ -324,7 +346,7 @@ grpc::ServerUnaryReactor* FlashdService::GetModelInfo(
   response->set_n_head_kv(c.n_head_kv);
   response->set_n_ctx(model_.n_ctx);
   response->set_dram_budget_bytes(model_.dram_budget);
-  response->set_sparsity(model_.sparsity);
+  response->set_sparsity(local ? model_.sparsity : HidePaths(model_.sparsity));
   return Answer(context, grpc::Status::OK);
 }
 

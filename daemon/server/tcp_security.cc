@@ -4,6 +4,7 @@
 #include <iterator>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/security/server_credentials.h"
 
@@ -46,8 +47,15 @@ grpc::Status ApiKeyProcessor::Process(const InputMetadata& auth_metadata,
   return grpc::Status::OK;
 }
 
+bool IsLoopback(const std::string& listen) {
+  return absl::StartsWith(listen, "127.") || absl::StartsWith(listen, "[::1]:") ||
+         absl::StartsWith(listen, "localhost:") ||
+         absl::StartsWith(listen, "ipv4:127.") ||
+         absl::StartsWith(listen, "ipv6:[::1]:");
+}
+
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeTcpCredentials(
-    const TcpSecurityOptions& o) {
+    const std::string& listen, const TcpSecurityOptions& o) {
   const bool tls = !o.tls_cert.empty() || !o.tls_key.empty();
   if (tls && (o.tls_cert.empty() || o.tls_key.empty())) {
     return absl::InvalidArgumentError(
@@ -64,6 +72,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeTcpCredentials(
         "--tls-key (optionally --tls-client-ca for mutual TLS) and/or "
         "--api-key-file FILE; --insecure-tcp serves plain TCP to anyone "
         "who can reach the port");
+  }
+  if (keyed && !tls && !IsLoopback(listen)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--api-key-file without TLS serves only loopback addresses (the key "
+        "would cross the network in clear); --listen ", listen,
+        " needs --tls-cert and --tls-key too, or a 127.0.0.1 / [::1] address"));
   }
   if (o.insecure && (tls || keyed)) {
     return absl::InvalidArgumentError(
@@ -86,6 +100,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeTcpCredentials(
       ssl.pem_root_certs = *ca;
     }
     creds = grpc::SslServerCredentials(ssl);
+  } else if (keyed) {
+    // gRPC's insecure credentials take no metadata processor; local ones
+    // do, and admit only loopback peers -- where a key without TLS belongs
+    // (anywhere else it would cross the network in clear).
+    creds = grpc::experimental::LocalServerCredentials(LOCAL_TCP);
   } else {
     creds = grpc::InsecureServerCredentials();
   }

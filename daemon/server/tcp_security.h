@@ -26,12 +26,16 @@ struct TcpSecurityOptions {
   bool insecure = false;      // plain TCP without TLS or key (--insecure-tcp)
 };
 
-// The credentials of the TCP port. INVALID_ARGUMENT (naming the flags)
-// for an incomplete or contradictory combination, e.g. neither TLS nor a
-// key without `insecure`; the errors of ApiKey::Load; NOT_FOUND when a PEM
-// file cannot be read.
+// The credentials of the TCP port `listen` ("HOST:PORT"). INVALID_ARGUMENT
+// (naming the flags) for an incomplete or contradictory combination:
+// neither TLS nor a key without `insecure`, or a key without TLS on an
+// address that is not loopback (the key would cross the network in clear);
+// the errors of ApiKey::Load; NOT_FOUND when a PEM file cannot be read.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeTcpCredentials(
-    const TcpSecurityOptions& options);
+    const std::string& listen, const TcpSecurityOptions& options);
+
+// True for "127.x.x.x:PORT", "[::1]:PORT" and "localhost:PORT".
+bool IsLoopback(const std::string& listen);
 
 // Fails every call whose `authorization` metadata is not "Bearer <key>"
 // (gRPC then ends it UNAUTHENTICATED).
