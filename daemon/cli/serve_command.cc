@@ -281,16 +281,30 @@ int ServeCommand(int argc, char** argv) {
       server::Server::Start(model, *options);
   if (!srv.ok()) return Fail("serve", srv.status());
   server::SystemdNotifier notifier;
+  // --listen with the port it got (port 0 picks a free one).
+  std::string tcp = options->listen;
+  if (const size_t colon = tcp.rfind(':');
+      colon != std::string::npos && (*srv)->tcp_port() > 0) {
+    tcp = absl::StrCat(tcp.substr(0, colon + 1), (*srv)->tcp_port(),
+                       options->tcp.insecure ? " (plain TCP, unauthenticated)"
+                       : options->tcp.tls_cert.empty() ? " (API key)"
+                       : options->tcp.tls_client_ca.empty()
+                           ? (options->tcp.api_key_file.empty() ? " (TLS)"
+                                                                : " (TLS, API key)")
+                           : (options->tcp.api_key_file.empty()
+                                  ? " (mutual TLS)"
+                                  : " (mutual TLS, API key)"));
+  }
   const double ready_ms = std::chrono::duration<double, std::milli>(
                               std::chrono::steady_clock::now() - t0)
                               .count();
   const std::string status = absl::StrFormat(
       "listening on %s%s; model %s (%s, mode %s), ctx %d, up to %d sessions, "
       "KV budget %.1f MiB%s; ready in %.0f ms",
-      (*srv)->address(),
+      options->socket_path.empty() ? tcp : (*srv)->address(),
       options->listen.empty() || options->socket_path.empty()
           ? ""
-          : absl::StrCat(" and ", options->listen),
+          : absl::StrCat(" and ", tcp),
       model.path, model.type, model.mode, model.n_ctx,
       options->scheduler.max_sessions,
       options->scheduler.kv_budget / 1048576.0, cache, ready_ms);

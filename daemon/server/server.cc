@@ -180,6 +180,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", where, " (see gRPC's message above)"));
   }
+  server->tcp_port_ = tcp_port;
   grpc::HealthCheckServiceInterface* health =
       server->server_->GetHealthCheckService();
   if (health != nullptr) {

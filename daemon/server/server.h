@@ -61,6 +61,8 @@ class Server {
 
   // Where clients connect, e.g. "unix:/run/flashd/flashd.sock".
   const std::string& address() const { return address_; }
+  // The TCP port bound for --listen (the one chosen for port 0); 0 without.
+  int tcp_port() const { return tcp_port_; }
   Scheduler& scheduler() { return *scheduler_; }
 
  private:
@@ -73,6 +75,7 @@ class Server {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<UnixListener> listener_;  // null without a socket
   std::string address_;
+  int tcp_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -331,6 +331,9 @@ grpc::ServerUnaryReactor* FlashdService::Detokenize(
 grpc::ServerUnaryReactor* FlashdService::GetModelInfo(
     grpc::CallbackServerContext* context,
     const v1::GetModelInfoRequest* request, v1::ModelInfo* response) {
+  if (absl::Status s = Refused(context); !s.ok()) {
+    return Answer(context, ToGrpcStatus(s));
+  }
   const ModelConfig& c = model_.forward->config();
   response->set_name(model_.name);
   // A remote caller learns nothing of the server's file system.
