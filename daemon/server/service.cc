@@ -13,6 +13,10 @@
 namespace flashd::server {
 namespace {
 
+// Texts up to this size are tokenized at once on the gRPC thread (a few
+// microseconds); longer ones on the tokenizer thread.
+constexpr size_t kInlineTokenizeBytes = 4096;
+
 v1::FinishReason ToProto(FinishReason r) {
   switch (r) {
     case FinishReason::kMaxTokens: return v1::MAX_TOKENS;
@@ -194,7 +198,8 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
     if (uid.ok()) ring_uid = *uid;
   }
   if (status.ok()) {
-    if (request->input_case() == v1::GenerateRequest::kPrompt) {
+    if (request->input_case() == v1::GenerateRequest::kPrompt &&
+        request->prompt().size() > kInlineTokenizeBytes) {
       // Tokenizing takes time: on the tokenizer thread, with a copy of the
       // request (the call's own may go before the job runs).
       status = tokenizer_.Submit(
@@ -302,6 +307,13 @@ grpc::ServerUnaryReactor* FlashdService::Tokenize(
   absl::Status checked = Refused(context);
   if (checked.ok()) checked = CheckTokenizeRequest(*request, limits_);
   if (!checked.ok()) return Answer(context, ToGrpcStatus(checked));
+  if (request->text().size() <= kInlineTokenizeBytes) {
+    for (int32_t id :
+         model_.tokenizer->Encode(request->text(), request->add_bos())) {
+      response->add_ids(id);
+    }
+    return Answer(context, grpc::Status::OK);
+  }
   // The request and response stay valid until the reactor finishes.
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::Status queued =
