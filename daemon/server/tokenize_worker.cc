@@ -11,7 +11,7 @@
 namespace flashd::server {
 namespace {
 
-constexpr int kNice = 10;
+constexpr int kNice = 19;
 
 }  // namespace
 

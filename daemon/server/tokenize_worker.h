@@ -1,6 +1,6 @@
 // Where the daemon tokenizes Tokenize texts and Generate prompts longer
 // than 4 KiB (shorter ones cost microseconds: the gRPC thread does them). One
-// thread at a lower CPU priority (nice +10) runs the jobs in order, so a
+// thread at a lower CPU priority (nice 19) runs the jobs in order, so a
 // flood of large Tokenize calls cannot take the cores from the inference
 // thread, and at most --max-tokenize-jobs jobs wait or run at once, so
 // their input (each at most --max-prompt-bytes or --max-tokenize-bytes)
