@@ -384,8 +384,14 @@ grpc::ServerUnaryReactor* FlashdService::GetStats(
   response->set_read_mb_s(s.read_mb_s);
   response->set_shm_segments(shm::TokenRingWriter::live_rings());
   if (model_.source != nullptr) {
-    response->set_cache_segment(model_.source->cache_segment());
-    response->set_cache_segment_state(model_.source->cache_segment_state());
+    // Remote callers learn nothing of the server's files.
+    if (PeerOf(context->peer()).ok()) {
+      response->set_cache_segment(model_.source->cache_segment());
+      response->set_cache_segment_state(model_.source->cache_segment_state());
+    } else {
+      response->set_cache_segment_state(
+          HidePaths(model_.source->cache_segment_state()));
+    }
     response->set_cache_warm_neurons(s.cache_warm_neurons);
   }
   response->set_uptime_s(std::chrono::duration<double>(

@@ -72,7 +72,8 @@ class FlashdService final : public v1::Flashd::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::DetokenizeRequest* request,
       v1::DetokenizeResponse* response) override;
-  // The model file's path only for callers on the Unix socket.
+  // Server paths (the model file, the cache segment) only for callers on
+  // the Unix socket; GetStats likewise.
   grpc::ServerUnaryReactor* GetModelInfo(
       grpc::CallbackServerContext* context,
       const v1::GetModelInfoRequest* request,
