@@ -13,7 +13,8 @@ namespace {
 absl::StatusOr<std::string> ReadFile(const std::string& flag,
                                      const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", flag, " ", path));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot read ", flag, " ", path));
   return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 

@@ -28,11 +28,13 @@ TEST(ApiKey, MatchesOnlyTheBearerOfTheKey) {
   absl::StatusOr<ApiKey> key = ApiKey::FromString(kKey);
   ASSERT_TRUE(key.ok()) << key.status();
   EXPECT_TRUE(key->Matches(std::string("Bearer ") + kKey));
-  EXPECT_TRUE(key->Matches(std::string("bearer  ") + kKey));  // RFC 6750: scheme case-insensitive
-  EXPECT_FALSE(key->Matches(kKey));                           // no scheme
+  EXPECT_TRUE(key->Matches(std::string("bearer  ") +
+                           kKey));   // RFC 6750: scheme case-insensitive
+  EXPECT_FALSE(key->Matches(kKey));  // no scheme
   EXPECT_FALSE(key->Matches(std::string("Basic ") + kKey));
   EXPECT_FALSE(key->Matches(std::string("Bearer ") + kKey + "0"));
-  EXPECT_FALSE(key->Matches(std::string("Bearer ") + std::string(kKey).substr(1)));
+  EXPECT_FALSE(
+      key->Matches(std::string("Bearer ") + std::string(kKey).substr(1)));
   EXPECT_FALSE(key->Matches("Bearer "));
   EXPECT_FALSE(key->Matches(""));
 }

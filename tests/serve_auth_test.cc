@@ -46,17 +46,19 @@ class AuthDaemon : public ::testing::Test {
     const std::string sign = "openssl x509 -req -days 1 -CA " + d +
                              "/ca.pem -CAkey " + d + "/ca.key -CAcreateserial";
     made_ = Shell("mkdir -p " + d);
-    WriteFile(d + "/san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n", 0644);
+    WriteFile(d + "/san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+              0644);
     made_ = made_ &&
-            Shell("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "
-                "'/CN=flashd test CA' -keyout " + d + "/ca.key -out " + d +
-                "/ca.pem") &&
-            Shell(req + "'/CN=localhost' -keyout " + d + "/server.key -out " + d +
-                "/server.csr") &&
+            Shell(
+                "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "
+                "'/CN=flashd test CA' -keyout " +
+                d + "/ca.key -out " + d + "/ca.pem") &&
+            Shell(req + "'/CN=localhost' -keyout " + d + "/server.key -out " +
+                  d + "/server.csr") &&
             Shell(sign + " -extfile " + d + "/san.ext -in " + d +
-                "/server.csr -out " + d + "/server.pem") &&
+                  "/server.csr -out " + d + "/server.pem") &&
             Shell(req + "'/CN=client' -keyout " + d + "/client.key -out " + d +
-                "/client.csr") &&
+                  "/client.csr") &&
             Shell(sign + " -in " + d + "/client.csr -out " + d + "/client.pem");
     WriteFile(d + "/key", std::string(kKey) + "\n", 0600);
     WriteFile(d + "/wrong", "ffffffffffffffffffffffffffffffff\n", 0600);
@@ -73,10 +75,17 @@ class AuthDaemon : public ::testing::Test {
 
   std::vector<std::string> Args(const std::vector<std::string>& extra) {
     socket_ = TempPath("auth.sock");
-    std::vector<std::string> args = {
-        "serve", "--model", SharedPath("models/stories260K.bin"),
-        "--tokenizer", SharedPath("models/tok512.bin"), "--socket", socket_,
-        "--threads", "1", "--listen", "127.0.0.1:0"};
+    std::vector<std::string> args = {"serve",
+                                     "--model",
+                                     SharedPath("models/stories260K.bin"),
+                                     "--tokenizer",
+                                     SharedPath("models/tok512.bin"),
+                                     "--socket",
+                                     socket_,
+                                     "--threads",
+                                     "1",
+                                     "--listen",
+                                     "127.0.0.1:0"};
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
@@ -89,13 +98,15 @@ class AuthDaemon : public ::testing::Test {
         << daemon_.log();
     std::smatch m;
     const std::string log = daemon_.log();
-    ASSERT_TRUE(std::regex_search(log, m, std::regex("and 127\\.0\\.0\\.1:(\\d+)")))
+    ASSERT_TRUE(
+        std::regex_search(log, m, std::regex("and 127\\.0\\.0\\.1:(\\d+)")))
         << log;
     target_ = "127.0.0.1:" + m[1].str();
   }
 
   // Exit code and log of a daemon that must refuse to start.
-  std::pair<int, std::string> StartFails(const std::vector<std::string>& extra) {
+  std::pair<int, std::string> StartFails(
+      const std::vector<std::string>& extra) {
     DaemonProcess p;
     p.Spawn(FLASHD_BINARY, Args(extra), TempPath("fail.log"));
     const std::optional<int> code = p.WaitExit(std::chrono::seconds(30));
@@ -123,8 +134,8 @@ bool AuthDaemon::made_ = false;
 TEST_F(AuthDaemon, ListenWithoutAuthenticationDoesNotStart) {
   const auto [code, log] = StartFails({});
   EXPECT_NE(code, 0);
-  for (const char* flag : {"--tls-cert", "--tls-key", "--api-key-file",
-                           "--insecure-tcp"}) {
+  for (const char* flag :
+       {"--tls-cert", "--tls-key", "--api-key-file", "--insecure-tcp"}) {
     EXPECT_NE(log.find(flag), std::string::npos) << log;
   }
 }
@@ -159,13 +170,15 @@ TEST_F(AuthDaemon, ApiKeyOnEveryCallHealthIncluded) {
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_EQ((*none)->GetModelInfo().status().code(),
             absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ((*none)->Health().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ((*none)->Health().status().code(),
+            absl::StatusCode::kUnauthenticated);
   EXPECT_EQ((*none)->Tokenize("Once").status().code(),
             absl::StatusCode::kUnauthenticated);
   v1::GenerateRequest r;
   r.set_prompt("Once");
   r.set_max_tokens(2);
-  EXPECT_EQ((*none)->Generate(r, [](const v1::GenerateEvent&) { return true; })
+  EXPECT_EQ((*none)
+                ->Generate(r, [](const v1::GenerateEvent&) { return true; })
                 .code(),
             absl::StatusCode::kUnauthenticated);
 
@@ -189,10 +202,13 @@ TEST_F(AuthDaemon, ApiKeyOnEveryCallHealthIncluded) {
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(*health, client::HealthStatus::kServing);
   int tokens = 0;
-  EXPECT_TRUE((*good)->Generate(r, [&](const v1::GenerateEvent& e) {
-                       tokens += e.has_token();
-                       return true;
-                     }).ok());
+  EXPECT_TRUE((*good)
+                  ->Generate(r,
+                             [&](const v1::GenerateEvent& e) {
+                               tokens += e.has_token();
+                               return true;
+                             })
+                  .ok());
   EXPECT_EQ(tokens, 2);
 
   // The Unix socket needs no key, and still shows the path.
@@ -234,7 +250,8 @@ TEST_F(AuthDaemon, MutualTlsRejectsAClientWithoutCertificate) {
   cert_only.api_key_file.clear();
   auto k = Connect(cert_only);
   ASSERT_TRUE(k.ok()) << k.status();
-  EXPECT_EQ((*k)->GetStats().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ((*k)->GetStats().status().code(),
+            absl::StatusCode::kUnauthenticated);
 }
 
 TEST_F(AuthDaemon, FlashctlConnectsWithTlsAndKey) {

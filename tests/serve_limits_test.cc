@@ -63,8 +63,9 @@ class LimitsDaemon : public ::testing::Test {
              const std::string& model = "models/stories260K.bin") {
     FLASHD_REQUIRE_SHARED(SharedPath(model));
     socket_ = TempPath("limits.sock");
-    std::vector<std::string> args = {"serve", "--model", SharedPath(model),
-                                     "--socket", socket_, "--threads", "1"};
+    std::vector<std::string> args = {"serve",    "--model", SharedPath(model),
+                                     "--socket", socket_,   "--threads",
+                                     "1"};
     if (model == "models/stories260K.bin") {
       args.insert(args.end(), {"--tokenizer", SharedPath("models/tok512.bin")});
     }
@@ -81,7 +82,8 @@ class LimitsDaemon : public ::testing::Test {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, socket_.c_str(), sizeof(addr.sun_path) - 1);
-    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)),
+              0);
     return fd;
   }
 
@@ -157,7 +159,8 @@ TEST_F(LimitsDaemon, TokenizeAndDetokenizeInput) {
     req.set_text(std::string(101, 'a'));
     v1::TokenizeResponse resp;
     ExpectRefusal(stub_->Tokenize(&ctx, req, &resp),
-                  grpc::StatusCode::INVALID_ARGUMENT, "--max-tokenize-bytes 100");
+                  grpc::StatusCode::INVALID_ARGUMENT,
+                  "--max-tokenize-bytes 100");
   }
   for (int n : {10, 11}) {
     grpc::ClientContext ctx;
@@ -211,7 +214,8 @@ TEST_F(LimitsDaemon, StreamsPerUid) {
   });
   ASSERT_EQ(s.sessions_active() + s.sessions_queued(), 2);
   ExpectRefusal(Drain(*stub_, Prompt("Once")),
-                grpc::StatusCode::RESOURCE_EXHAUSTED, "--max-streams-per-uid 2");
+                grpc::StatusCode::RESOURCE_EXHAUSTED,
+                "--max-streams-per-uid 2");
   a_ctx.TryCancel();
   b_ctx.TryCancel();
   (void)a->Finish();
@@ -244,7 +248,8 @@ TEST_F(LimitsDaemon, ConnectionsPerUid) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_TRUE(after.ok()) << after.error_message();
-  EXPECT_NE(daemon_.log().find("--max-connections-per-uid 4"), std::string::npos)
+  EXPECT_NE(daemon_.log().find("--max-connections-per-uid 4"),
+            std::string::npos)
       << daemon_.log();
 }
 

@@ -140,7 +140,8 @@ TEST(TokenizeWorker, BoundsJobsInTotalAndPerCaller) {
   w.Stop();
   EXPECT_EQ(ran.load(), 4);
   EXPECT_EQ(w.pending(), 0);
-  EXPECT_EQ(w.Submit("uid 1", [] {}).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(w.Submit("uid 1", [] {}).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 // A connected pair; [0] plays the accepted connection.

@@ -33,9 +33,9 @@ std::array<uint8_t, 32> Digest(absl::string_view bytes) {
 absl::StatusOr<ApiKey> ApiKey::FromString(absl::string_view key) {
   key = absl::StripAsciiWhitespace(key);
   if (key.size() < kMinBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the API key has ", key.size(), " bytes; use at least ", kMinBytes,
-        " (e.g. `openssl rand -hex 32`)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the API key has ", key.size(), " bytes; use at least ",
+                     kMinBytes, " (e.g. `openssl rand -hex 32`)"));
   }
   for (char c : key) {
     if (c <= ' ' || c > '~') {
@@ -52,16 +52,19 @@ absl::StatusOr<ApiKey> ApiKey::Load(const std::string& path) {
   if (fd < 0) {
     const int err = errno;
     if (err == ELOOP) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "--api-key-file ", path, " is a symbolic link; give the file itself"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("--api-key-file ", path,
+                       " is a symbolic link; give the file itself"));
     }
-    return FileErrnoStatus(err, absl::StrCat("cannot open --api-key-file ", path));
+    return FileErrnoStatus(err,
+                           absl::StrCat("cannot open --api-key-file ", path));
   }
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
-    return FileErrnoStatus(err, absl::StrCat("cannot stat --api-key-file ", path));
+    return FileErrnoStatus(err,
+                           absl::StrCat("cannot stat --api-key-file ", path));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -83,16 +86,17 @@ absl::StatusOr<ApiKey> ApiKey::Load(const std::string& path) {
     if (n < 0) {
       const int err = errno;
       ::close(fd);
-      return FileErrnoStatus(err, absl::StrCat("cannot read --api-key-file ", path));
+      return FileErrnoStatus(err,
+                             absl::StrCat("cannot read --api-key-file ", path));
     }
     if (n == 0) break;
     got += static_cast<size_t>(n);
   }
   ::close(fd);
   if (got > kMaxFileBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--api-key-file ", path, " is larger than ", kMaxFileBytes,
-        " bytes; it must hold one key"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--api-key-file ", path, " is larger than ", kMaxFileBytes,
+                     " bytes; it must hold one key"));
   }
   content.resize(got);
   absl::StatusOr<ApiKey> key = FromString(content);
@@ -105,12 +109,13 @@ absl::StatusOr<ApiKey> ApiKey::Load(const std::string& path) {
 
 bool ApiKey::Matches(absl::string_view authorization) const {
   if (authorization.size() <= kScheme.size() ||
-      !absl::EqualsIgnoreCase(authorization.substr(0, kScheme.size()), kScheme) ||
+      !absl::EqualsIgnoreCase(authorization.substr(0, kScheme.size()),
+                              kScheme) ||
       authorization[kScheme.size()] != ' ') {
     return false;
   }
-  absl::string_view presented = absl::StripLeadingAsciiWhitespace(
-      authorization.substr(kScheme.size()));
+  absl::string_view presented =
+      absl::StripLeadingAsciiWhitespace(authorization.substr(kScheme.size()));
   const std::array<uint8_t, 32> digest = Digest(presented);
   return CRYPTO_memcmp(digest.data(), digest_.data(), digest.size()) == 0;
 }

@@ -44,19 +44,19 @@ ConnectionTable::Verdict ConnectionTable::Admit(int fd, uid_t uid,
     return Verdict::kClose;
   }
   entry.uid = uid;
-  const int32_t mine = static_cast<int32_t>(std::count_if(
-      live_.begin(), live_.end(),
-      [&](const auto& kv) { return kv.second.uid == uid; }));
+  const int32_t mine = static_cast<int32_t>(
+      std::count_if(live_.begin(), live_.end(),
+                    [&](const auto& kv) { return kv.second.uid == uid; }));
   if (mine >= limits_.per_uid) {
-    *why = absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", uid, " has ", mine, " connections open; at most ",
-        limits_.per_uid, " (--max-connections-per-uid ", limits_.per_uid,
-        "): close some and reconnect"));
+    *why = absl::ResourceExhaustedError(
+        absl::StrCat("uid ", uid, " has ", mine, " connections open; at most ",
+                     limits_.per_uid, " (--max-connections-per-uid ",
+                     limits_.per_uid, "): close some and reconnect"));
   } else if (static_cast<int32_t>(live_.size()) >= limits_.total) {
-    *why = absl::ResourceExhaustedError(absl::StrCat(
-        "the daemon has ", live_.size(), " connections open; at most ",
-        limits_.total, " (--max-connections ", limits_.total,
-        "): retry later"));
+    *why = absl::ResourceExhaustedError(
+        absl::StrCat("the daemon has ", live_.size(),
+                     " connections open; at most ", limits_.total,
+                     " (--max-connections ", limits_.total, "): retry later"));
   } else {
     live_[fd] = entry;
     *why = absl::OkStatus();
@@ -77,7 +77,8 @@ absl::Status ConnectionTable::Refusal(int fd) const {
   return it->second.why;
 }
 
-int ConnectionTable::ShutDownRefused(std::chrono::steady_clock::time_point now) {
+int ConnectionTable::ShutDownRefused(
+    std::chrono::steady_clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   int next_ms = -1;
   for (auto it = refused_.begin(); it != refused_.end();) {
@@ -90,10 +91,11 @@ int ConnectionTable::ShutDownRefused(std::chrono::steady_clock::time_point now) 
       it = refused_.erase(it);
       continue;
     }
-    const int ms = static_cast<int>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(
-            it->second.close_at - now)
-            .count()) + 1;
+    const int ms =
+        static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                             it->second.close_at - now)
+                             .count()) +
+        1;
     next_ms = next_ms < 0 ? ms : std::min(next_ms, ms);
     ++it;
   }
@@ -111,9 +113,9 @@ std::vector<int> ConnectionTable::Live() {
 int32_t ConnectionTable::CountOf(uid_t uid) {
   std::lock_guard<std::mutex> lock(mu_);
   PruneLocked();
-  return static_cast<int32_t>(std::count_if(
-      live_.begin(), live_.end(),
-      [&](const auto& kv) { return kv.second.uid == uid; }));
+  return static_cast<int32_t>(
+      std::count_if(live_.begin(), live_.end(),
+                    [&](const auto& kv) { return kv.second.uid == uid; }));
 }
 
 }  // namespace flashd::server

@@ -13,8 +13,9 @@ FdLimit RaiseFdLimit(uint64_t wanted) {
   if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return out;
   out.soft = rl.rlim_cur;
   out.hard = rl.rlim_max;
-  const rlim_t target =
-      rl.rlim_max == RLIM_INFINITY ? wanted : std::min<rlim_t>(wanted, rl.rlim_max);
+  const rlim_t target = rl.rlim_max == RLIM_INFINITY
+                            ? wanted
+                            : std::min<rlim_t>(wanted, rl.rlim_max);
   if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < target) {
     rl.rlim_cur = target;
     if (::setrlimit(RLIMIT_NOFILE, &rl) == 0) out.soft = target;

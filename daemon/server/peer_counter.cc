@@ -15,9 +15,9 @@ absl::Status PeerCounter::Acquire(const std::string& caller) {
   std::lock_guard<std::mutex> lock(mu_);
   int64_t& n = held_[caller];
   if (n >= limit_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        caller, " has ", n, " ", what_, " open; at most ", limit_, " (", flag_,
-        " ", limit_, "): wait for one to end"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(caller, " has ", n, " ", what_, " open; at most ", limit_,
+                     " (", flag_, " ", limit_, "): wait for one to end"));
   }
   ++n;
   return absl::OkStatus();

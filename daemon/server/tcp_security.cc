@@ -48,7 +48,8 @@ grpc::Status ApiKeyProcessor::Process(const InputMetadata& auth_metadata,
 }
 
 bool IsLoopback(const std::string& listen) {
-  return absl::StartsWith(listen, "127.") || absl::StartsWith(listen, "[::1]:") ||
+  return absl::StartsWith(listen, "127.") ||
+         absl::StartsWith(listen, "[::1]:") ||
          absl::StartsWith(listen, "localhost:") ||
          absl::StartsWith(listen, "ipv4:127.") ||
          absl::StartsWith(listen, "ipv6:[::1]:");
@@ -76,7 +77,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeTcpCredentials(
   if (keyed && !tls && !IsLoopback(listen)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--api-key-file without TLS serves only loopback addresses (the key "
-        "would cross the network in clear); --listen ", listen,
+        "would cross the network in clear); --listen ",
+        listen,
         " needs --tls-cert and --tls-key too, or a 127.0.0.1 / [::1] address"));
   }
   if (o.insecure && (tls || keyed)) {
@@ -95,7 +97,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeTcpCredentials(
     if (!key.ok()) return key.status();
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
     if (!o.tls_client_ca.empty()) {
-      absl::StatusOr<std::string> ca = ReadPem("--tls-client-ca", o.tls_client_ca);
+      absl::StatusOr<std::string> ca =
+          ReadPem("--tls-client-ca", o.tls_client_ca);
       if (!ca.ok()) return ca.status();
       ssl.pem_root_certs = *ca;
     }

@@ -35,10 +35,12 @@ absl::Status TokenizeWorker::Submit(const std::string& caller,
   }
   int32_t& mine = by_caller_[caller];
   if (mine >= per_caller_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        caller, " has ", mine, " tokenize jobs queued or running; one caller "
-        "may hold at most ", per_caller_, " (half of --max-tokenize-jobs ",
-        max_jobs_, "): retry later"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(caller, " has ", mine,
+                     " tokenize jobs queued or running; one caller "
+                     "may hold at most ",
+                     per_caller_, " (half of --max-tokenize-jobs ", max_jobs_,
+                     "): retry later"));
   }
   ++mine;
   ++pending_;
