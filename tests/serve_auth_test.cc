@@ -211,6 +211,13 @@ TEST_F(AuthDaemon, ApiKeyOnEveryCallHealthIncluded) {
                   .ok());
   EXPECT_EQ(tokens, 2);
 
+  // Reflection is behind the key too.
+  auto channel = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
+  EXPECT_EQ(::flashd::testing::ListServices(channel), "");
+  EXPECT_NE(::flashd::testing::ListServices(channel, std::string("Bearer ") + kKey)
+                .find("flashd.v1.Flashd"),
+            std::string::npos);
+
   // The Unix socket needs no key, and still shows the path.
   auto local = client::Client::Connect("unix:" + socket_);
   ASSERT_TRUE(local.ok()) << local.status();
