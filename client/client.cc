@@ -147,8 +147,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     if (absl::StartsWith(path, "//")) path = path.substr(2);  // unix://PATH
     if (absl::Status s = ProbeUnixSocket(target, path); !s.ok()) return s;
   }
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
+      ChannelCredentialsFor(target, options.security);
+  if (!creds.ok()) return creds.status();
+  absl::StatusOr<std::string> authorization = AuthorizationFor(options.security);
+  if (!authorization.ok()) return authorization.status();
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(target, *creds);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot create a channel to ", target));
@@ -158,14 +162,26 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
         "cannot connect to ", target, " within ",
         absl::FormatDuration(options.connect_timeout),
         ": is flashd serve running",
-        absl::StartsWith(target, "unix") ? "?" : " with --listen?"));
+        absl::StartsWith(target, "unix")
+            ? "?"
+            : " with --listen, and do its TLS settings match (--tls-ca, "
+              "--tls-cert)?"));
   }
-  return std::unique_ptr<Client>(
+  std::unique_ptr<Client> client(
       new Client(std::move(target), options, std::move(channel)));
+  client->authorization_ = std::move(*authorization);
+  return client;
 }
 
 void Client::PrepareUnary(grpc::ClientContext* context) const {
   context->set_deadline(DeadlineAfter(options_.call_timeout));
+  Authorize(context);
+}
+
+void Client::Authorize(grpc::ClientContext* context) const {
+  if (!authorization_.empty()) {
+    context->AddMetadata("authorization", authorization_);
+  }
 }
 
 absl::Status Client::Error(absl::string_view rpc,
@@ -185,6 +201,7 @@ absl::Status Client::Generate(const v1::GenerateRequest& request,
                               const GenerateCallback& on_event,
                               CancelToken* cancel) {
   grpc::ClientContext context;
+  Authorize(&context);
   if (cancel != nullptr && !cancel->Attach(&context)) {
     cancel->Detach();
     return absl::CancelledError(

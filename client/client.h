@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "client/credentials.h"
 #include "common/shm/token_ring_reader.h"
 #include "flashd/v1/flashd.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -64,6 +65,8 @@ struct ClientOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   // Deadline of each unary call (Tokenize, GetStats, …); Generate has none.
   absl::Duration call_timeout = absl::Seconds(30);
+  // TLS and the API key for a daemon's TCP port (see credentials.h).
+  SecurityOptions security;
 };
 
 // Serving status from grpc.health.v1.
@@ -82,7 +85,8 @@ class Client {
  public:
   // Creates the channel and waits up to options.connect_timeout for it to
   // connect. UNAVAILABLE (naming the target, and for a Unix socket whether
-  // the file is missing or not accessible) when nothing answers.
+  // the file is missing or not accessible) when nothing answers; the
+  // errors of ChannelCredentialsFor and AuthorizationFor.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       absl::string_view target = kDefaultTarget, ClientOptions options = {});
 
@@ -113,8 +117,10 @@ class Client {
  private:
   Client(std::string target, ClientOptions options,
          std::shared_ptr<grpc::Channel> channel);
-  // Sets the call deadline on a unary call's context.
+  // Sets the call deadline on a unary call's context, and the API key.
   void PrepareUnary(grpc::ClientContext* context) const;
+  // Adds the API key (if any) to a call's metadata.
+  void Authorize(grpc::ClientContext* context) const;
   // Attaches the ring `started` names, unlinks its name, and hands its
   // tokens to on_event until the ring is finished, on_event returns false
   // (*go_on), or `cancel` fires.
@@ -126,6 +132,7 @@ class Client {
 
   std::string target_;
   ClientOptions options_;
+  std::string authorization_;  // "Bearer KEY" or ""
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Flashd::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;

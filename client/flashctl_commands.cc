@@ -23,8 +23,9 @@ namespace flashd::client {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: flashctl [--socket PATH | --target T] [--connect-timeout SEC] "
-    "COMMAND [flags]\n"
+    "usage: flashctl [--socket PATH | --target T] [--connect-timeout SEC]\n"
+    "                [--tls-ca PEM [--tls-cert PEM --tls-key PEM]]\n"
+    "                [--api-key-file FILE] COMMAND [flags]\n"
     "  generate --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]\n"
     "           [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] "
     "[--stop S]...\n"
@@ -35,7 +36,9 @@ constexpr char kUsage[] =
     "  tokenize TEXT [--bos]     detokenize ID...\n"
     "  info | stats | health [--service NAME]\n"
     "The default target is unix:/run/flashd/flashd.sock; --target takes\n"
-    "host:port or unix:PATH. Exit codes: 0 ok, 1 error, 2 usage, 130 "
+    "host:port or unix:PATH. A TCP port may need TLS (--tls-ca: the CA of\n"
+    "the daemon's certificate; --tls-cert/--tls-key: ours, for mutual TLS)\n"
+    "and/or the daemon's API key (--api-key-file). Exit codes: 0 ok, 1 error, 2 usage, 130 "
     "interrupted.\n";
 
 // Sampling and length flags shared by generate and chat.
@@ -223,6 +226,10 @@ int RunFlashctl(const std::vector<std::string>& args, const FlashctlIo& io) {
                                                   {{"socket", true},
                                                    {"target", true},
                                                    {"connect-timeout", true},
+                                                   {"tls-ca", true},
+                                                   {"tls-cert", true},
+                                                   {"tls-key", true},
+                                                   {"api-key-file", true},
                                                    {"help", false}},
                                                   /*stop_at_positional=*/true);
   if (!global.ok()) return Usage(io, std::string(global.status().message()));
@@ -248,6 +255,10 @@ int RunFlashctl(const std::vector<std::string>& args, const FlashctlIo& io) {
     }
     options.connect_timeout = absl::Seconds(*sec);
   }
+  options.security.tls_ca = global->Value("tls-ca");
+  options.security.tls_cert = global->Value("tls-cert");
+  options.security.tls_key = global->Value("tls-key");
+  options.security.api_key_file = global->Value("api-key-file");
 
   const std::string command = global->positional[0];
   FlagSpec spec;

@@ -224,6 +224,48 @@ inline flashd::v1::Stats GetStats(flashd::v1::Flashd::Stub& stub) {
   return stats;
 }
 
+// grpc.reflection.v1alpha ServerReflectionInfo with list_services (field
+// 7, empty): the raw response, which names every service.
+// With `authorization`, sends it as that metadata. "" when the call fails.
+inline std::string ListServices(const std::shared_ptr<grpc::Channel>& channel,
+                                const std::string& authorization = "") {
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, 10);
+  if (!authorization.empty()) ctx.AddMetadata("authorization", authorization);
+  auto call = stub.PrepareCall(
+      &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag;
+  bool ok = false;
+  const auto step = [&] { return cq.Next(&tag, &ok) && ok; };
+  call->StartCall(reinterpret_cast<void*>(1));
+  if (!step()) return "";
+  const std::string request("\x3a\x00", 2);
+  grpc::Slice slice(request);
+  grpc::ByteBuffer req(&slice, 1);
+  call->Write(req, reinterpret_cast<void*>(2));
+  if (!step()) return "";
+  grpc::ByteBuffer resp;
+  call->Read(&resp, reinterpret_cast<void*>(3));
+  std::string out;
+  if (step()) {
+    std::vector<grpc::Slice> slices;
+    (void)resp.Dump(&slices);
+    for (const grpc::Slice& sl : slices) {
+      out.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+    }
+  }
+  ctx.TryCancel();
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return out;
+}
+
 // Polls GetStats until `pred` holds (up to 20 s); returns the last stats.
 template <typename Pred>
 flashd::v1::Stats WaitForStats(flashd::v1::Flashd::Stub& stub, Pred pred) {

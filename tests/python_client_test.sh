@@ -138,6 +138,45 @@ else
     [ $rc -eq 0 ] && [ -n "$out" ] && grep -q "8 tokens.*finish: max_tokens" "$tmp/err" &&
       pass "real daemon: 8 tokens streamed" || fail "real daemon: rc=$rc out='$out' $(cat "$tmp/err")"
   fi
+  # TLS and the API key on a TCP port (a throwaway CA made here).
+  if ! command -v openssl > /dev/null; then
+    echo "SKIP: TLS part: no openssl (scripts/setup installs it)"
+  else
+    pki=$tmp/pki
+    mkdir -p "$pki"
+    printf 'subjectAltName=IP:127.0.0.1\n' > "$pki/san.ext"
+    { openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=test CA" \
+        -keyout "$pki/ca.key" -out "$pki/ca.pem" &&
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$pki/server.key" -out "$pki/server.csr" &&
+      openssl x509 -req -days 1 -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
+        -CAcreateserial -extfile "$pki/san.ext" -in "$pki/server.csr" \
+        -out "$pki/server.pem"; } > /dev/null 2>&1 || fail "openssl: test certificates"
+    (umask 077; openssl rand -hex 32 > "$pki/key")
+    tsock=$tmp/tls.sock
+    "$flashd" serve --model "$tmp/tiny.gguf" --socket "$tsock" --listen 127.0.0.1:0 \
+      --tls-cert "$pki/server.pem" --tls-key "$pki/server.key" \
+      --api-key-file "$pki/key" > "$tmp/tls.log" 2>&1 &
+    pids+=($!)
+    if ! wait_socket "$tsock" 30; then
+      fail "flashd serve --listen did not start: $(tail -5 "$tmp/tls.log")"
+    else
+      sleep 0.2
+      port=$(sed -n 's/.* and 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/tls.log" | head -1)
+      out=$($py "$client" --target "127.0.0.1:$port" --tls-ca "$pki/ca.pem" \
+              --api-key-file "$pki/key" --prompt "Once" --max-tokens 4 \
+              --temperature 0 2> "$tmp/err")
+      rc=$?
+      [ $rc -eq 0 ] && grep -q "4 tokens" "$tmp/err" &&
+        pass "TLS + API key: 4 tokens" || fail "TLS + API key: rc=$rc $(cat "$tmp/err")"
+      $py "$client" --target "127.0.0.1:$port" --tls-ca "$pki/ca.pem" \
+        --prompt "Once" --max-tokens 4 > /dev/null 2> "$tmp/err"
+      rc=$?
+      [ $rc -eq 1 ] && grep -q UNAUTHENTICATED "$tmp/err" &&
+        pass "TLS without the key: UNAUTHENTICATED" ||
+        fail "TLS without the key: rc=$rc $(cat "$tmp/err")"
+    fi
+  fi
 fi
 
 [ $fails -eq 0 ] && echo "PASS" || echo "$fails check(s) failed"

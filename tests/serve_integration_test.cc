@@ -28,6 +28,7 @@ using testing::WaitForStats;
 
 using ::flashd::testing::DaemonProcess;
 using ::flashd::testing::HealthCheck;
+using ::flashd::testing::ListServices;
 using ::flashd::testing::ReadIds;
 using ::flashd::testing::SharedPath;
 
@@ -117,45 +118,6 @@ TEST_F(StoriesDaemon, HealthModelInfoAndSocketMode) {
   ASSERT_EQ(::stat(socket_.c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
   EXPECT_EQ(st.st_mode & 0777, 0660u);
-}
-
-// grpc.reflection.v1alpha ServerReflectionInfo with list_services (field
-// 7, empty): the raw response, which names every service.
-std::string ListServices(const std::shared_ptr<grpc::Channel>& channel) {
-  grpc::GenericStub stub(channel);
-  grpc::CompletionQueue cq;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, 10);
-  auto call = stub.PrepareCall(
-      &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
-  void* tag;
-  bool ok = false;
-  const auto step = [&] { return cq.Next(&tag, &ok) && ok; };
-  call->StartCall(reinterpret_cast<void*>(1));
-  if (!step()) return "";
-  const std::string request("\x3a\x00", 2);
-  grpc::Slice slice(request);
-  grpc::ByteBuffer req(&slice, 1);
-  call->Write(req, reinterpret_cast<void*>(2));
-  if (!step()) return "";
-  grpc::ByteBuffer resp;
-  call->Read(&resp, reinterpret_cast<void*>(3));
-  std::string out;
-  if (step()) {
-    std::vector<grpc::Slice> slices;
-    (void)resp.Dump(&slices);
-    for (const grpc::Slice& sl : slices) {
-      out.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-    }
-  }
-  ctx.TryCancel();
-  grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(4));
-  cq.Next(&tag, &ok);
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  return out;
 }
 
 TEST_F(StoriesDaemon, ReflectionListsTheServices) {

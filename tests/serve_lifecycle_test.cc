@@ -337,7 +337,7 @@ TEST_F(StoriesConfig, TcpOnlyWhenListenIsGiven) {
   DaemonProcess daemon;
   ASSERT_TRUE(daemon.Start(FLASHD_BINARY,
                            {"serve", "--config", config_, "--socket", "",
-                            "--listen", listen},
+                            "--listen", listen, "--insecure-tcp"},
                            TempPath("daemon.log"), listen))
       << daemon.log();
   EXPECT_EQ(HealthCheck(daemon.channel(), "flashd.v1.Flashd"), 1);

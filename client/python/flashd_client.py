@@ -112,9 +112,35 @@ def format_timings(pb2, done):
     return line + ", finish: " + pb2.FinishReason.Name(done.reason).lower()
 
 
+def open_channel(grpc, args):
+    """A channel to args.target: TLS when --tls-ca or a client certificate
+    is given (mutual TLS with --tls-cert/--tls-key), else plain."""
+    if not (args.tls_ca or args.tls_cert):
+        return grpc.insecure_channel(args.target)
+
+    def read(path):
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+    creds = grpc.ssl_channel_credentials(root_certificates=read(args.tls_ca),
+                                         private_key=read(args.tls_key),
+                                         certificate_chain=read(args.tls_cert))
+    return grpc.secure_channel(args.target, creds)
+
+
+def call_metadata(args):
+    """The API key of --api-key-file as 'authorization: Bearer KEY', or None."""
+    if not args.api_key_file:
+        return None
+    with open(args.api_key_file) as f:
+        key = f.read().strip()
+    return [("authorization", "Bearer " + key)]
+
+
 def generate(grpc, pb2, pb2_grpc, args, out=sys.stdout.buffer):
     """Streams one Generate; returns the process exit code."""
-    channel = grpc.insecure_channel(args.target)
+    channel = open_channel(grpc, args)
     try:
         grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
     except grpc.FutureTimeoutError:
@@ -122,7 +148,7 @@ def generate(grpc, pb2, pb2_grpc, args, out=sys.stdout.buffer):
               "running?" % (args.target, args.connect_timeout), file=sys.stderr)
         return 1
     stub = pb2_grpc.FlashdStub(channel)
-    call = stub.Generate(build_request(pb2, args))
+    call = stub.Generate(build_request(pb2, args), metadata=call_metadata(args))
     done = None
     try:
         for event in call:
@@ -167,11 +193,18 @@ def parse_args(argv):
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--proto-dir", help="directory holding flashd/v1/flashd.proto")
     p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument("--tls-ca", help="PEM CA of the daemon's certificate (TLS)")
+    p.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
+    p.add_argument("--api-key-file",
+                   help="file holding the daemon's API key (TCP ports)")
     p.add_argument("--verbose", action="store_true",
                    help="say how the stubs were generated")
     args = p.parse_args(argv)
     if args.socket:
         args.target = "unix:" + args.socket
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
     return args
 
 

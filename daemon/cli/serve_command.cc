@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "daemon/cli/commands.h"
+#include "daemon/server/fd_limit.h"
 #include "daemon/server/server.h"
 #include "daemon/server/systemd_notify.h"
 
@@ -35,7 +36,38 @@ void AddServeFlags(Args& args) {
             "flags given here override it")
       .Flag("socket", "/run/flashd/flashd.sock",
             "Unix socket to listen on (mode 0660); '' for none")
-      .Flag("listen", "", "also listen on TCP HOST:PORT (default: no TCP)")
+      .Flag("listen", "",
+            "also listen on TCP HOST:PORT (default: no TCP); needs TLS "
+            "(--tls-cert, --tls-key) and/or --api-key-file, or --insecure-tcp")
+      .Flag("tls-cert", "", "PEM certificate chain of the TCP port (TLS)")
+      .Flag("tls-key", "", "PEM private key of --tls-cert")
+      .Flag("tls-client-ca", "",
+            "PEM CA bundle: TCP clients must present a certificate it signed "
+            "(mutual TLS)")
+      .Flag("api-key-file", "",
+            "file holding the key TCP callers send as 'authorization: Bearer "
+            "KEY' on every call; must be a regular file with no group/other "
+            "access")
+      .Switch("insecure-tcp",
+              "serve --listen as plain TCP, unauthenticated: anyone who can "
+              "reach the port may use the daemon")
+      .Flag("max-prompt-bytes", "262144",
+            "bytes of a Generate prompt, checked before tokenizing")
+      .Flag("max-prompt-tokens", "0",
+            "tokens of a Generate prompt; 0: --ctx - 1")
+      .Flag("max-tokenize-bytes", "262144", "bytes of a Tokenize text")
+      .Flag("max-detokenize-ids", "65536", "token ids of a Detokenize call")
+      .Flag("max-stop-strings", "16", "stop strings of a Generate request")
+      .Flag("max-stop-bytes", "256", "bytes of each stop string")
+      .Flag("max-tokenize-jobs", "4",
+            "prompts and Tokenize texts being tokenized or waiting for the "
+            "tokenizer thread; one caller may hold half")
+      .Flag("max-streams-per-uid", "16",
+            "Generate streams open at once per uid (TCP callers: together)")
+      .Flag("max-connections-per-uid", "64",
+            "connections open at once per uid on the Unix socket")
+      .Flag("max-connections", "1024",
+            "connections open at once on the Unix socket, all uids")
       .Flag("max-sessions", "4", "sessions generating at once")
       .Flag("max-queue", "16",
             "requests waiting for a session; beyond: RESOURCE_EXHAUSTED")
@@ -99,6 +131,54 @@ absl::StatusOr<server::ServerOptions> ServerOptionsFromArgs(
   server::ServerOptions o;
   o.socket_path = args.Get("socket");
   o.listen = args.Get("listen");
+  o.tcp.tls_cert = args.Get("tls-cert");
+  o.tcp.tls_key = args.Get("tls-key");
+  o.tcp.tls_client_ca = args.Get("tls-client-ca");
+  o.tcp.api_key_file = args.Get("api-key-file");
+  o.tcp.insecure = args.GetSwitch("insecure-tcp");
+  if (o.listen.empty() && (!o.tcp.tls_cert.empty() || !o.tcp.tls_key.empty() ||
+                           !o.tcp.tls_client_ca.empty() ||
+                           !o.tcp.api_key_file.empty() || o.tcp.insecure)) {
+    return absl::InvalidArgumentError(
+        "--tls-cert, --tls-key, --tls-client-ca, --api-key-file and "
+        "--insecure-tcp apply to --listen HOST:PORT, which is not given");
+  }
+  const int32_t n_ctx = engine.forward->n_ctx();
+  struct IntFlag {
+    const char* name;
+    int64_t min, max;
+    int64_t* out;
+  };
+  int64_t prompt_bytes, prompt_tokens, tokenize_bytes, detokenize_ids,
+      stop_strings, stop_bytes, tokenize_jobs, streams, conns_uid, conns;
+  const IntFlag ints[] = {
+      {"max-prompt-bytes", 1, int64_t{1} << 30, &prompt_bytes},
+      {"max-prompt-tokens", 0, n_ctx, &prompt_tokens},
+      {"max-tokenize-bytes", 1, int64_t{1} << 30, &tokenize_bytes},
+      {"max-detokenize-ids", 1, int64_t{1} << 26, &detokenize_ids},
+      {"max-stop-strings", 0, 1024, &stop_strings},
+      {"max-stop-bytes", 1, 65536, &stop_bytes},
+      {"max-tokenize-jobs", 1, 1024, &tokenize_jobs},
+      {"max-streams-per-uid", 1, 1 << 20, &streams},
+      {"max-connections-per-uid", 1, 1 << 20, &conns_uid},
+      {"max-connections", 1, 1 << 20, &conns},
+  };
+  for (const IntFlag& f : ints) {
+    absl::StatusOr<int64_t> got = args.GetInt(f.name, f.min, f.max);
+    if (!got.ok()) return got.status();
+    *f.out = *got;
+  }
+  server::RequestLimits& r = o.limits.request;
+  r.max_prompt_bytes = prompt_bytes;
+  r.max_prompt_tokens = static_cast<int32_t>(prompt_tokens);
+  r.max_tokenize_bytes = tokenize_bytes;
+  r.max_detokenize_ids = static_cast<int32_t>(detokenize_ids);
+  r.max_stop_strings = static_cast<int32_t>(stop_strings);
+  r.max_stop_bytes = static_cast<int32_t>(stop_bytes);
+  o.limits.max_tokenize_jobs = static_cast<int32_t>(tokenize_jobs);
+  o.limits.max_streams_per_uid = static_cast<int32_t>(streams);
+  o.connections.per_uid = static_cast<int32_t>(conns_uid);
+  o.connections.total = static_cast<int32_t>(conns);
   absl::StatusOr<int64_t> v = args.GetInt("max-sessions", 1, 1024);
   if (!v.ok()) return v.status();
   o.scheduler.max_sessions = static_cast<int32_t>(*v);
@@ -203,23 +283,47 @@ int ServeCommand(int argc, char** argv) {
                                  src.cache_segment_state());
     }
   }
+  const server::FdLimit fds = server::RaiseFdLimit(server::FdsNeeded(*options));
   absl::StatusOr<std::unique_ptr<server::Server>> srv =
       server::Server::Start(model, *options);
   if (!srv.ok()) return Fail("serve", srv.status());
   server::SystemdNotifier notifier;
+  // --listen with the port it got (port 0 picks a free one).
+  std::string tcp = options->listen;
+  if (const size_t colon = tcp.rfind(':');
+      colon != std::string::npos && (*srv)->tcp_port() > 0) {
+    tcp = absl::StrCat(tcp.substr(0, colon + 1), (*srv)->tcp_port(),
+                       options->tcp.insecure ? " (plain TCP, unauthenticated)"
+                       : options->tcp.tls_cert.empty() ? " (API key)"
+                       : options->tcp.tls_client_ca.empty()
+                           ? (options->tcp.api_key_file.empty() ? " (TLS)"
+                                                                : " (TLS, API key)")
+                           : (options->tcp.api_key_file.empty()
+                                  ? " (mutual TLS)"
+                                  : " (mutual TLS, API key)"));
+  }
   const double ready_ms = std::chrono::duration<double, std::milli>(
                               std::chrono::steady_clock::now() - t0)
                               .count();
   const std::string status = absl::StrFormat(
       "listening on %s%s; model %s (%s, mode %s), ctx %d, up to %d sessions, "
       "KV budget %.1f MiB%s; ready in %.0f ms",
-      (*srv)->address(),
+      options->socket_path.empty() ? tcp : (*srv)->address(),
       options->listen.empty() || options->socket_path.empty()
           ? ""
-          : absl::StrCat(" and ", options->listen),
+          : absl::StrCat(" and ", tcp),
       model.path, model.type, model.mode, model.n_ctx,
       options->scheduler.max_sessions,
       options->scheduler.kv_budget / 1048576.0, cache, ready_ms);
+  std::fprintf(stderr,
+               "flashd serve: descriptor limit %llu (the limits need %llu; "
+               "hard limit %llu)%s\n",
+               static_cast<unsigned long long>(fds.soft),
+               static_cast<unsigned long long>(fds.wanted),
+               static_cast<unsigned long long>(fds.hard),
+               fds.soft < fds.wanted
+                   ? ": lower --max-connections or raise LimitNOFILE"
+                   : "");
   std::fprintf(stderr, "flashd serve: %s\n", status.c_str());
   notifier.Ready(status);
 

@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -48,6 +49,22 @@ absl::Status MakeDirs(const std::string& dir, mode_t mode) {
 }
 
 }  // namespace
+
+int64_t MaxMessageBytes(const ServiceLimits& limits, int32_t n_ctx) {
+  const RequestLimits& r = limits.request;
+  // A packed int32 takes at most 5 bytes.
+  const int64_t ids = 5 * std::max<int64_t>(r.max_detokenize_ids, n_ctx);
+  const int64_t stops = int64_t{r.max_stop_strings} * (r.max_stop_bytes + 8);
+  return std::max({r.max_prompt_bytes, r.max_tokenize_bytes, ids}) + stops +
+         65536;
+}
+
+uint64_t FdsNeeded(const ServerOptions& options) {
+  return static_cast<uint64_t>(options.connections.total) +
+         ConnectionTable::kMaxRefused +
+         static_cast<uint64_t>(options.scheduler.max_sessions) +
+         static_cast<uint64_t>(options.scheduler.max_queue) + 1024;
+}
 
 absl::Status PrepareSocketPath(const std::string& path) {
   sockaddr_un addr;
@@ -112,6 +129,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         options.scheduler.max_sessions, ") must be > 0, --max-queue (",
         options.scheduler.max_queue, ") >= 0"));
   }
+  std::shared_ptr<grpc::ServerCredentials> tcp_credentials;
+  if (!options.listen.empty()) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
+        MakeTcpCredentials(options.listen, options.tcp);
+    if (!creds.ok()) return creds.status();
+    tcp_credentials = std::move(*creds);
+  }
   if (!options.socket_path.empty()) {
     if (absl::Status s = PrepareSocketPath(options.socket_path); !s.ok()) {
       return s;
@@ -128,17 +152,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->scheduler_ =
       std::make_unique<Scheduler>(server->model_, options.scheduler);
   server->service_ = std::make_unique<FlashdService>(
-      server->model_, server->scheduler_.get(), options.default_max_tokens);
+      server->model_, server->scheduler_.get(), options.limits);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(MaxMessageBytes(options.limits, model.n_ctx)));
   std::string where;
   if (!options.socket_path.empty()) {
     // We accept on the Unix socket ourselves (see unix_listener.h): mode
     // 0660 from bind() on, and the peer's credentials for every call.
     absl::StatusOr<std::unique_ptr<UnixListener>> listener =
-        UnixListener::Listen(options.socket_path, 0660);
+        UnixListener::Listen(options.socket_path, 0660, options.connections);
     if (!listener.ok()) return listener.status();
     server->listener_ = std::move(*listener);
     server->address_ = absl::StrCat("unix:", options.socket_path);
@@ -146,8 +172,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   }
   int tcp_port = 0;
   if (!options.listen.empty()) {
-    builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                             &tcp_port);
+    builder.AddListeningPort(options.listen, tcp_credentials, &tcp_port);
     if (server->address_.empty()) server->address_ = options.listen;
     absl::StrAppend(&where, where.empty() ? "" : " and ", options.listen);
   }
@@ -158,6 +183,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", where, " (see gRPC's message above)"));
   }
+  server->tcp_port_ = tcp_port;
   grpc::HealthCheckServiceInterface* health =
       server->server_->GetHealthCheckService();
   if (health != nullptr) {
@@ -165,7 +191,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     health->SetServingStatus(v1::Flashd::service_full_name(), true);
   }
   server->scheduler_->Start();
-  if (server->listener_ != nullptr) server->listener_->Start(server->server_.get());
+  if (server->listener_ != nullptr) {
+    server->service_->set_listener(server->listener_.get());
+    server->listener_->Start(server->server_.get());
+  }
   return server;
 }
 
@@ -200,6 +229,7 @@ void Server::Shutdown(std::chrono::milliseconds drain) {
     // drain timeout, a unary call in flight) and returns when every
     // reactor is done.
     server_->Shutdown(std::chrono::system_clock::now());
+    service_->StopTokenizing();
   }
   if (scheduler_ != nullptr) scheduler_->Stop();
   if (!options_.socket_path.empty()) {

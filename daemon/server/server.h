@@ -10,7 +10,9 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/server/scheduler.h"
+#include "daemon/server/connection_table.h"
 #include "daemon/server/service.h"
+#include "daemon/server/tcp_security.h"
 #include "daemon/server/unix_listener.h"
 #include "grpcpp/grpcpp.h"
 
@@ -20,17 +22,31 @@ struct ServerOptions {
   // Unix socket path; empty: none. The parent directory is created when
   // missing; a stale socket file (nobody listening) is replaced.
   std::string socket_path = "/run/flashd/flashd.sock";
-  // TCP "HOST:PORT" (e.g. "127.0.0.1:50051"); empty: no TCP.
+  // TCP "HOST:PORT" (e.g. "127.0.0.1:50051"); empty: no TCP. Served
+  // only with `tcp`'s TLS and/or API key, or tcp.insecure.
   std::string listen;
+  TcpSecurityOptions tcp;
   SchedulerOptions scheduler;
-  int32_t default_max_tokens = 256;
+  ServiceLimits limits;
+  ConnectionLimits connections;  // Unix socket
 };
+
+// Largest gRPC message the server accepts: what the request limits let
+// through (a prompt, a Tokenize text, Detokenize ids, prompt ids) plus
+// room for the other fields.
+int64_t MaxMessageBytes(const ServiceLimits& limits, int32_t n_ctx);
+
+// Descriptors the daemon may need with `options`: every connection the
+// limits allow, refused ones waiting to close, a ring per session and
+// queued request, and room for files, TCP and gRPC's own.
+uint64_t FdsNeeded(const ServerOptions& options);
 
 class Server {
  public:
   // Prepares the socket path, starts the inference thread and the gRPC
   // server. Errors: the socket's directory cannot be created, the path is
-  // taken by another file or a live daemon, or gRPC cannot bind.
+  // taken by another file or a live daemon, gRPC cannot bind, or --listen
+  // lacks authentication (MakeTcpCredentials).
   static absl::StatusOr<std::unique_ptr<Server>> Start(
       const ServedModel& model, const ServerOptions& options);
   // Shutdown(0) if not done yet.
@@ -45,6 +61,8 @@ class Server {
 
   // Where clients connect, e.g. "unix:/run/flashd/flashd.sock".
   const std::string& address() const { return address_; }
+  // The TCP port bound for --listen (the one chosen for port 0); 0 without.
+  int tcp_port() const { return tcp_port_; }
   Scheduler& scheduler() { return *scheduler_; }
 
  private:
@@ -57,6 +75,7 @@ class Server {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<UnixListener> listener_;  // null without a socket
   std::string address_;
+  int tcp_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -3,15 +3,19 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/shm/token_ring_layout.h"
 #include "daemon/server/unix_listener.h"
-#include <utility>
-#include <vector>
 
 namespace flashd::server {
 namespace {
+
+// Texts up to this size are tokenized at once on the gRPC thread (a few
+// microseconds); longer ones on the tokenizer thread.
+constexpr size_t kInlineTokenizeBytes = 4096;
 
 v1::FinishReason ToProto(FinishReason r) {
   switch (r) {
@@ -63,8 +67,9 @@ void ToProto(const SessionEvent& e, v1::GenerateEvent* out) {
   }
 }
 
-// One Generate stream. Owns nothing but the message in flight; deletes
-// itself in OnDone (gRPC's rule for callback reactors).
+// One Generate stream. Owns nothing but the message in flight and, once
+// HoldStream was called, one of its caller's stream slots; deletes itself in
+// OnDone (gRPC's rule for callback reactors).
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>,
                               public EventWriter {
  public:
@@ -73,6 +78,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     service_->StreamOpened();
     channel_->Attach(this);
   }
+
+  // The stream holds a slot of `caller` (PeerCounter), given back in OnDone.
+  void HoldStream(std::string caller) { caller_ = std::move(caller); }
 
   // EventWriter: called by the channel, one at a time.
   void StartEvent(const SessionEvent& event) override {
@@ -97,6 +105,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   void OnDone() override {
     channel_->Detach();  // the session sees cancelled() and is freed
     FlashdService* service = service_;
+    if (!caller_.empty()) service->streams().Release(caller_);
     delete this;
     service->StreamClosed();
   }
@@ -104,8 +113,38 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
  private:
   FlashdService* const service_;
   std::shared_ptr<EventChannel> channel_;
+  std::string caller_;
   v1::GenerateEvent message_;  // valid until its write completes
 };
+
+void PushError(const std::shared_ptr<EventChannel>& channel,
+               absl::Status status) {
+  SessionEvent error;
+  error.kind = SessionEvent::Kind::kError;
+  error.error = std::move(status);
+  channel->Push(std::move(error));
+}
+
+// `text` with every absolute path cut to its file name: what a remote
+// caller may see of a message that names server files.
+std::string HidePaths(const std::string& text) {
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const bool starts = text[i] == '/' &&
+                        (i == 0 || text[i - 1] == ' ' || text[i - 1] == '(');
+    if (!starts) {
+      out.push_back(text[i++]);
+      continue;
+    }
+    size_t end = text.find_first_of(" ),;:", i);
+    if (end == std::string::npos) end = text.size();
+    const size_t slash = text.rfind('/', end - 1);
+    out.append(text, slash + 1, end - slash - 1);
+    i = end;
+  }
+  return out;
+}
 
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
                                  const grpc::Status& status) {
@@ -122,13 +161,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 }
 
 FlashdService::FlashdService(const ServedModel& model, Scheduler* scheduler,
-                             int32_t default_max_tokens)
+                             const ServiceLimits& limits)
     : model_(model),
       scheduler_(scheduler),
-      started_(std::chrono::steady_clock::now()) {
+      limits_(limits.request),
+      streams_(limits.max_streams_per_uid, "--max-streams-per-uid",
+               "Generate streams"),
+      started_(std::chrono::steady_clock::now()),
+      tokenizer_(limits.max_tokenize_jobs) {
   limits_.n_vocab = model.forward->config().n_vocab;
   limits_.n_ctx = model.n_ctx;
-  limits_.default_max_tokens = default_max_tokens;
   for (const std::string& piece : model.tokenizer->vocab().pieces) {
     max_piece_bytes_ = std::max(max_piece_bytes_, piece.size());
   }
@@ -138,31 +180,58 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* FlashdService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   auto channel = std::make_shared<EventChannel>();
   auto* reactor = new GenerateReactor(this, channel);
-  absl::StatusOr<SessionRequest> parsed =
-      ParseGenerateRequest(*request, *model_.tokenizer, limits_);
-  absl::Status status = parsed.status();
+  absl::Status status = Refused(context);
+  if (status.ok()) status = PrecheckGenerateRequest(*request, limits_);
   if (status.ok() && !generating_.load()) {
     status = absl::UnavailableError(
         "flashd is shutting down and takes no new generations; retry once "
         "it is back");
   }
+  const std::string caller = CallerOf(context->peer());
+  if (status.ok()) {
+    status = streams_.Acquire(caller);
+    if (status.ok()) reactor->HoldStream(caller);
+  }
+  int64_t ring_uid = -1;
+  if (status.ok() && request->delivery() == v1::SHARED_MEMORY) {
+    absl::StatusOr<uid_t> uid = RingOwner(context);
+    status = uid.status();
+    if (uid.ok()) ring_uid = *uid;
+  }
+  if (status.ok()) {
+    if (request->input_case() == v1::GenerateRequest::kPrompt &&
+        request->prompt().size() > kInlineTokenizeBytes) {
+      // Tokenizing takes time: on the tokenizer thread, with a copy of the
+      // request (the call's own may go before the job runs).
+      status = tokenizer_.Submit(
+          caller, [this, copy = *request, ring_uid, channel] {
+            if (!channel->cancelled()) StartSession(copy, ring_uid, channel);
+          });
+    } else {
+      StartSession(*request, ring_uid, channel);
+    }
+  }
+  if (!status.ok()) PushError(channel, std::move(status));
+  return reactor;
+}
+
+void FlashdService::StartSession(const v1::GenerateRequest& request,
+                                 int64_t ring_uid,
+                                 const std::shared_ptr<EventChannel>& channel) {
+  absl::StatusOr<SessionRequest> parsed =
+      ParseGenerateRequest(request, *model_.tokenizer, limits_);
+  absl::Status status = parsed.status();
   std::unique_ptr<shm::TokenRingWriter> ring;
-  if (status.ok() && parsed->shared_memory) {
+  if (status.ok() && ring_uid >= 0) {
     absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> made =
-        MakeRing(context, *parsed);
+        MakeRing(static_cast<uid_t>(ring_uid), *parsed);
     status = made.status();
     if (made.ok()) ring = std::move(*made);
   }
   if (status.ok()) {
     status = scheduler_->Enqueue(std::move(*parsed), channel, std::move(ring));
   }
-  if (!status.ok()) {
-    SessionEvent error;
-    error.kind = SessionEvent::Kind::kError;
-    error.error = status;
-    channel->Push(std::move(error));
-  }
-  return reactor;
+  if (!status.ok()) PushError(channel, std::move(status));
 }
 
 void FlashdService::StopGenerating() { generating_.store(false); }
@@ -182,21 +251,31 @@ void FlashdService::StreamClosed() {
   if (--open_streams_ == 0) streams_cv_.notify_all();
 }
 
-absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(
-    grpc::CallbackServerContext* context, const SessionRequest& request) {
+absl::Status FlashdService::Refused(grpc::CallbackServerContext* context) const {
+  if (listener_ == nullptr) return absl::OkStatus();
+  return listener_->Refusal(context->peer());
+}
+
+absl::StatusOr<uid_t> FlashdService::RingOwner(
+    grpc::CallbackServerContext* context) {
   absl::StatusOr<PeerCredentials> cred = PeerOf(context->peer());
   if (!cred.ok()) return cred.status();
   if (context->IsCancelled()) {  // its descriptor may be another's by now
     return absl::CancelledError("the client went away");
   }
+  return cred->uid;
+}
+
+absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> FlashdService::MakeRing(
+    uid_t uid, const SessionRequest& request) {
   const uint64_t ring_id = next_ring_id_.fetch_add(1);
   absl::StatusOr<std::unique_ptr<shm::TokenRingWriter>> ring =
       shm::TokenRingWriter::Create(model_.shm_dir, shm::MakeTokenRingName(ring_id),
                                    RingCapacityFor(request, model_.n_ctx, max_piece_bytes_),
-                                   ring_id, cred->uid);
+                                   ring_id, uid);
   if (!ring.ok()) {
     return absl::Status(ring.status().code(),
-                        absl::StrCat("shared-memory delivery for uid ", cred->uid,
+                        absl::StrCat("shared-memory delivery for uid ", uid,
                                      ": ", ring.status().message()));
   }
   return ring;
@@ -226,19 +305,38 @@ uint32_t RingCapacityFor(const SessionRequest& request, int32_t n_ctx,
 grpc::ServerUnaryReactor* FlashdService::Tokenize(
     grpc::CallbackServerContext* context, const v1::TokenizeRequest* request,
     v1::TokenizeResponse* response) {
-  for (int32_t id : model_.tokenizer->Encode(request->text(), request->add_bos())) {
-    response->add_ids(id);
+  absl::Status checked = Refused(context);
+  if (checked.ok()) checked = CheckTokenizeRequest(*request, limits_);
+  if (!checked.ok()) return Answer(context, ToGrpcStatus(checked));
+  if (request->text().size() <= kInlineTokenizeBytes) {
+    for (int32_t id :
+         model_.tokenizer->Encode(request->text(), request->add_bos())) {
+      response->add_ids(id);
+    }
+    return Answer(context, grpc::Status::OK);
   }
-  return Answer(context, grpc::Status::OK);
+  // The request and response stay valid until the reactor finishes.
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const absl::Status queued =
+      tokenizer_.Submit(CallerOf(context->peer()), [this, request, response,
+                                                   reactor] {
+        for (int32_t id :
+             model_.tokenizer->Encode(request->text(), request->add_bos())) {
+          response->add_ids(id);
+        }
+        reactor->Finish(grpc::Status::OK);
+      });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* FlashdService::Detokenize(
     grpc::CallbackServerContext* context, const v1::DetokenizeRequest* request,
     v1::DetokenizeResponse* response) {
+  absl::Status checked = Refused(context);
+  if (checked.ok()) checked = CheckDetokenizeRequest(*request, limits_);
+  if (!checked.ok()) return Answer(context, ToGrpcStatus(checked));
   const std::vector<int32_t> ids(request->ids().begin(), request->ids().end());
-  if (absl::Status s = CheckIds(ids, limits_.n_vocab, "ids"); !s.ok()) {
-    return Answer(context, ToGrpcStatus(s));
-  }
   response->set_text(model_.tokenizer->Decode(ids));
   return Answer(context, grpc::Status::OK);
 }
@@ -246,9 +344,14 @@ grpc::ServerUnaryReactor* FlashdService::Detokenize(
 grpc::ServerUnaryReactor* FlashdService::GetModelInfo(
     grpc::CallbackServerContext* context,
     const v1::GetModelInfoRequest* request, v1::ModelInfo* response) {
+  if (absl::Status s = Refused(context); !s.ok()) {
+    return Answer(context, ToGrpcStatus(s));
+  }
   const ModelConfig& c = model_.forward->config();
   response->set_name(model_.name);
-  response->set_path(model_.path);
+  // A remote caller learns nothing of the server's file system.
+  const bool local = PeerOf(context->peer()).ok();
+  if (local) response->set_path(model_.path);
   response->set_type(model_.type);
   response->set_mode(model_.mode);
   response->set_n_vocab(c.n_vocab);
@@ -259,13 +362,16 @@ grpc::ServerUnaryReactor* FlashdService::GetModelInfo(
   response->set_n_head_kv(c.n_head_kv);
   response->set_n_ctx(model_.n_ctx);
   response->set_dram_budget_bytes(model_.dram_budget);
-  response->set_sparsity(model_.sparsity);
+  response->set_sparsity(local ? model_.sparsity : HidePaths(model_.sparsity));
   return Answer(context, grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* FlashdService::GetStats(
     grpc::CallbackServerContext* context, const v1::GetStatsRequest* request,
     v1::Stats* response) {
+  if (absl::Status refused = Refused(context); !refused.ok()) {
+    return Answer(context, ToGrpcStatus(refused));
+  }
   const SchedulerStats s = scheduler_->Stats();
   response->set_sessions_active(s.sessions_active);
   response->set_sessions_queued(s.sessions_queued);
@@ -283,8 +389,14 @@ grpc::ServerUnaryReactor* FlashdService::GetStats(
     response->set_shm_dir_state(model_.shm_dir->note());
   }
   if (model_.source != nullptr) {
-    response->set_cache_segment(model_.source->cache_segment());
-    response->set_cache_segment_state(model_.source->cache_segment_state());
+    // Remote callers learn nothing of the server's files.
+    if (PeerOf(context->peer()).ok()) {
+      response->set_cache_segment(model_.source->cache_segment());
+      response->set_cache_segment_state(model_.source->cache_segment_state());
+    } else {
+      response->set_cache_segment_state(
+          HidePaths(model_.source->cache_segment_state()));
+    }
     response->set_cache_warm_neurons(s.cache_warm_neurons);
   }
   response->set_uptime_s(std::chrono::duration<double>(

@@ -41,7 +41,7 @@ absl::StatusOr<PeerCredentials> PeerOf(const std::string& peer) {
 }
 
 absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Listen(
-    const std::string& path, mode_t mode) {
+    const std::string& path, mode_t mode, ConnectionLimits limits) {
   sockaddr_un addr{};
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
     return absl::InvalidArgumentError(
@@ -73,7 +73,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Listen(
     ::unlink(path.c_str());
     return FileErrnoStatus(err, "eventfd");
   }
-  return std::unique_ptr<UnixListener>(new UnixListener(path, fd, wake));
+  return std::unique_ptr<UnixListener>(new UnixListener(path, fd, wake, limits));
 }
 
 UnixListener::~UnixListener() {
@@ -97,10 +97,17 @@ void UnixListener::Stop() {
   }
 }
 
+absl::Status UnixListener::Refusal(const std::string& peer) const {
+  int fd = -1;
+  if (!absl::StartsWith(peer, "fd:") || !absl::SimpleAtoi(peer.substr(3), &fd)) {
+    return absl::OkStatus();
+  }
+  return table_.Refusal(fd);
+}
+
 uint64_t UnixListener::UnreadBytes() const {
-  std::lock_guard<std::mutex> lock(handed_mu_);
   uint64_t unread = 0;
-  for (int fd : handed_) {
+  for (int fd : table_.Live()) {
     // Still one of our connections? (Its number may now name another file.)
     sockaddr_un local{};
     socklen_t len = sizeof(local);
@@ -126,14 +133,17 @@ uint64_t UnixListener::UnreadBytes() const {
 
 void UnixListener::Run(grpc::Server* server) {
   pollfd fds[2] = {{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  int timeout_ms = -1;  // until a refused connection is due to close
   while (true) {
-    if (::poll(fds, 2, -1) < 0) {
+    if (::poll(fds, 2, timeout_ms) < 0) {
       if (errno == EINTR) continue;
       std::fprintf(stderr, "flashd serve: poll on the socket: %s\n",
                    std::strerror(errno));
       return;
     }
     if (fds[1].revents != 0) return;  // Stop()
+    timeout_ms = table_.ShutDownRefused(std::chrono::steady_clock::now());
+    if ((fds[0].revents & POLLIN) == 0) continue;
     // gRPC's endpoints need non-blocking descriptors.
     const int conn = ::accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (conn < 0) {
@@ -145,13 +155,40 @@ void UnixListener::Run(grpc::Server* server) {
       ::poll(fds + 1, 1, 100);
       continue;
     }
-    {
-      std::lock_guard<std::mutex> lock(handed_mu_);
-      handed_.insert(conn);
-    }
-    grpc::AddInsecureChannelFromFd(server, conn);
-    accepted_.fetch_add(1);
+    Take(server, conn);
+    timeout_ms = table_.ShutDownRefused(std::chrono::steady_clock::now());
   }
+}
+
+void UnixListener::Take(grpc::Server* server, int conn) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  absl::Status why;
+  ConnectionTable::Verdict verdict = ConnectionTable::Verdict::kClose;
+  if (::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    verdict = table_.Admit(conn, cred.uid, &why);
+  } else {
+    why = FileErrnoStatus(errno, "SO_PEERCRED of a new connection");
+  }
+  if (verdict != ConnectionTable::Verdict::kAdmitted) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= next_refusal_log_) {
+      std::fprintf(stderr, "flashd serve: refused a connection (%llu more since "
+                   "the last report): %s\n",
+                   static_cast<unsigned long long>(refusals_unlogged_),
+                   std::string(why.message()).c_str());
+      next_refusal_log_ = now + std::chrono::seconds(1);
+      refusals_unlogged_ = 0;
+    } else {
+      ++refusals_unlogged_;
+    }
+  }
+  if (verdict == ConnectionTable::Verdict::kClose) {
+    ::close(conn);
+    return;
+  }
+  grpc::AddInsecureChannelFromFd(server, conn);
+  accepted_.fetch_add(1);
 }
 
 }  // namespace flashd::server

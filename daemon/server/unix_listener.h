@@ -17,13 +17,14 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
-#include <set>
+#include <chrono>
 #include <string>
 #include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "daemon/server/connection_table.h"
 #include "grpcpp/server.h"
 
 namespace flashd::server {
@@ -44,8 +45,9 @@ class UnixListener {
  public:
   // Binds `path` (which PrepareSocketPath made free) with `mode` from the
   // start (umask during bind) and listens. Errors name the path.
+  // Connections beyond `limits` are refused (see ConnectionTable).
   static absl::StatusOr<std::unique_ptr<UnixListener>> Listen(
-      const std::string& path, mode_t mode);
+      const std::string& path, mode_t mode, ConnectionLimits limits = {});
   // Stop(), then closes the socket.
   ~UnixListener();
   UnixListener(const UnixListener&) = delete;
@@ -61,6 +63,11 @@ class UnixListener {
   // Connections accepted so far.
   uint64_t accepted() const { return accepted_.load(); }
 
+  // RESOURCE_EXHAUSTED, naming the limit, when the call whose
+  // context->peer() is `peer` came on a connection refused for a
+  // connection limit; OK otherwise (TCP calls included).
+  absl::Status Refusal(const std::string& peer) const;
+
   // Bytes the daemon sent on its open connections that their clients have
   // not read yet (SIOCOUTQ). Shutdown waits for 0 before gRPC closes the
   // connections: a client that writes to a closed connection (gRPC sends
@@ -69,19 +76,22 @@ class UnixListener {
   uint64_t UnreadBytes() const;
 
  private:
-  UnixListener(std::string path, int fd, int wake_fd)
-      : path_(std::move(path)), fd_(fd), wake_fd_(wake_fd) {}
+  UnixListener(std::string path, int fd, int wake_fd, ConnectionLimits limits)
+      : path_(std::move(path)), fd_(fd), wake_fd_(wake_fd), table_(limits) {}
   void Run(grpc::Server* server);
+  // Takes the accepted connection `conn` (gives it to gRPC or closes it).
+  void Take(grpc::Server* server, int conn);
 
   const std::string path_;
   int fd_;             // the listening socket; -1 after Stop()
   const int wake_fd_;  // eventfd: Stop() wakes the thread
   std::thread thread_;
   std::atomic<uint64_t> accepted_{0};
-  // Descriptor numbers handed to gRPC. gRPC closes them and the numbers
-  // get reused, so UnreadBytes checks each is still a connection to path_.
-  mutable std::mutex handed_mu_;
-  std::set<int> handed_;  // guarded by handed_mu_
+  // The connections handed to gRPC, per uid.
+  mutable ConnectionTable table_;
+  // Refusals are logged at most once a second (listener thread only).
+  std::chrono::steady_clock::time_point next_refusal_log_{};
+  uint64_t refusals_unlogged_ = 0;
 };
 
 }  // namespace flashd::server
