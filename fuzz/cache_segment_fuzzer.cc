@@ -38,7 +38,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string kName =
       "flashd-fuzz-" + std::to_string(::getpid()) + "-cache";
   const uint64_t identity = At<uint64_t>(data, size, 16);
-  const int32_t n_layer = std::clamp(At<int32_t>(data, size, 32), 0, 4);
+  // The engine always has at least one layer.
+  const int32_t n_layer = std::clamp(At<int32_t>(data, size, 32), 1, 4);
   const int32_t n_ff = At<int32_t>(data, size, 36);
   std::vector<CacheSegment::LayerSpec> specs;
   for (int32_t l = 0; l < n_layer; ++l) {

@@ -54,7 +54,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)tok.Decode(ids);
 
   std::vector<int32_t> raw(text.size() / 4);
-  std::memcpy(raw.data(), text.data(), raw.size() * 4);
+  if (!raw.empty()) std::memcpy(raw.data(), text.data(), raw.size() * 4);
   (void)tok.Decode(raw);
   flashd::Utf8Streamer streamer;
   int32_t prev = tok.bos_id();
