@@ -25,6 +25,17 @@ for t in gguf gguf_model; do
   link "$shared/tokenizer/ggml-vocab-llama-spm.gguf" "$t"
 done
 link "$shared/models/stories260K.bin" llama2c_model
+# A small llama2.c checkpoint (dim 16, hidden 32, 2 layers, 2 heads, 1 KV
+# head, vocab -16 (own classifier), seq_len 8), random weights.
+python3 - llama2c_model/small.bin <<'PY'
+import struct, sys, random
+random.seed(2)
+dim, hid, L, H, KVH, V, T = 16, 32, 2, 2, 1, 16, 8
+hd = dim // H; kv = KVH * hd
+n = V*dim + L*dim + L*dim*dim + 2*L*dim*kv + L*dim*dim + L*dim + 3*L*dim*hid + dim + T*hd + V*dim
+w = struct.pack('<%df' % n, *(random.uniform(-1, 1) for _ in range(n)))
+open(sys.argv[1], 'wb').write(struct.pack('<7i', dim, hid, L, H, KVH, -V, T) + w)
+PY
 # A small GGUF model (n_embd 32, 1 layer, 16 tokens) with F32, F16, Q8_0
 # and Q4_0 tensors, so the model fuzzers start from a model that loads in
 # microseconds rather than from the 32000-token shared ones.
