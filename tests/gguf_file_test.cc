@@ -214,6 +214,30 @@ TEST(GgufFileTest, RefusesAbsurdArrayCounts) {
   ExpectError(array(static_cast<GgufType>(13), 1), {"unknown element type 13"});
 }
 
+// Empty numeric arrays are valid and read as empty vectors (under UBSan,
+// copying zero floats into an empty vector must not pass it a null pointer).
+TEST(GgufFileTest, EmptyArraysReadAsEmpty) {
+  const std::string bytes = Bytes()
+                                .Header(0, 2)
+                                .Str("f")
+                                .U32(uint32_t(GgufType::kArray))
+                                .U32(uint32_t(GgufType::kFloat32))
+                                .U64(0)
+                                .Str("i")
+                                .U32(uint32_t(GgufType::kArray))
+                                .U32(uint32_t(GgufType::kInt32))
+                                .U64(0)
+                                .str();
+  auto f = ParseBytes(bytes);
+  ASSERT_TRUE(f.ok()) << f.status();
+  absl::StatusOr<std::vector<float>> floats = (*f)->GetFloatArray("f");
+  ASSERT_TRUE(floats.ok()) << floats.status();
+  EXPECT_TRUE(floats->empty());
+  absl::StatusOr<std::vector<int32_t>> ints = (*f)->GetIntArray("i");
+  ASSERT_TRUE(ints.ok()) << ints.status();
+  EXPECT_TRUE(ints->empty());
+}
+
 TEST(GgufFileTest, RefusesBadValues) {
   ExpectError(Bytes().Header(0, 1).Str("k").U32(13).Fill(16, 0).str(),
               {"kv 0 (k) has unknown value type 13"});

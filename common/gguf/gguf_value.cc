@@ -182,7 +182,7 @@ absl::StatusOr<std::vector<float>> GgufFile::GetFloatArray(
     return WrongType(key, *v, "array[float32] or array[float64]");
   }
   std::vector<float> out(v->count);
-  if (is_f32) {
+  if (is_f32 && v->count > 0) {  // an empty vector's data() may be null
     std::memcpy(out.data(), v->raw.data(), v->count * sizeof(float));
   } else {
     for (uint64_t j = 0; j < v->count; ++j) {

@@ -238,13 +238,19 @@ namespace {
 constexpr int kMaxDepth = 8;
 
 // A parsed JSON value: just enough for IoProfileToJson's format.
+struct JsonMember;
 struct JsonValue {
   enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
   Kind kind = Kind::kNull;
   bool boolean = false;
   std::string text;  // number token or decoded string
   std::vector<JsonValue> items;
-  std::vector<std::pair<std::string, JsonValue>> members;
+  // Not std::pair<std::string, JsonValue>: a pair needs a complete type.
+  std::vector<JsonMember> members;
+};
+struct JsonMember {
+  std::string first;  // key
+  JsonValue second;
 };
 
 absl::Status Malformed(const std::string& what) {
@@ -330,7 +336,7 @@ class JsonParser {
       JsonValue child;
       st = ParseValue(child, depth + 1);
       if (!st.ok()) return st;
-      v.members.emplace_back(std::move(key), std::move(child));
+      v.members.push_back({std::move(key), std::move(child)});
     } while (Consume(','));
     if (!Consume('}')) return Error("expected ',' or '}'");
     return absl::OkStatus();

@@ -4,6 +4,7 @@
 // order, each matrix row-major (out, in).
 #include <cstring>
 
+#include "absl/numeric/int128.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/model/model_loader.h"
@@ -65,19 +66,25 @@ absl::StatusOr<std::unique_ptr<Model>> ModelFromLlama2c(
   c.n_rot = c.head_dim;
   const int64_t dim = c.n_embd, hid = c.n_ff, L = c.n_layer;
   const int64_t kv = c.kv_dim();
-  // Sizes in floats, in file order. All products fit easily in int64 since
-  // every factor is <= 2^20 and at most three are multiplied.
+  // Sizes in floats, in file order. Every factor is <= 2^20 and at most
+  // three are multiplied, so each term fits in int64, but their sum may
+  // not: it is taken in 128 bits before it is compared with the file.
   const int64_t n_embd_table = vocab * dim;
-  const int64_t n_total =
-      n_embd_table + L * dim + L * dim * dim + 2 * L * dim * kv +
-      L * dim * dim + L * dim + 3 * L * dim * hid + dim +
+  const absl::uint128 n_total =
+      absl::uint128(n_embd_table) + L * dim + absl::uint128(L * dim * dim) +
+      absl::uint128(2) * (L * dim * kv) + absl::uint128(L * dim * dim) +
+      L * dim + absl::uint128(3) * (L * dim * hid) + dim +
       int64_t{h.seq_len} * c.head_dim + (shared_classifier ? 0 : vocab * dim);
-  const uint64_t need = sizeof(Header) + static_cast<uint64_t>(n_total) * 4;
-  if (file->size() < need) {
+  const absl::uint128 need = sizeof(Header) + n_total * 4;
+  if (absl::uint128(file->size()) < need) {
     return absl::InvalidArgumentError(absl::StrCat(
         "llama2.c checkpoint truncated: the header (dim ", dim, ", hidden ",
-        hid, ", layers ", L, ", vocab ", vocab, ") needs ", need,
-        " bytes, file has ", file->size()));
+        hid, ", layers ", L, ", heads ", c.n_head, ", kv_heads ", c.n_head_kv,
+        ", vocab ", vocab, ", seq_len ", h.seq_len, ") needs ",
+        absl::Uint128High64(need) == 0 ? absl::StrCat(absl::Uint128Low64(need))
+                                       : std::string("more than 2^64"),
+        " bytes, file has ", file->size(),
+        "; the file is truncated or not a llama2.c checkpoint"));
   }
   const float* p = reinterpret_cast<const float*>(file->data() + sizeof(Header));
   auto take = [&p](int64_t n) {
