@@ -377,11 +377,15 @@ absl::Status Forward::Run(absl::Span<const int32_t> tokens, int32_t n_out) {
   }
 
   for (int32_t l = 0; l < c.n_layer; ++l) {
-    const LayerWeights* wp = &model_.layers[l];
+    // With a weight source, model_.layers is empty: only the source's
+    // layer may be addressed.
+    const LayerWeights* wp = nullptr;
     if (source_ != nullptr) {
       absl::StatusOr<const LayerWeights*> acquired = source_->AcquireLayer(l);
       if (!acquired.ok()) return acquired.status();
       wp = *acquired;
+    } else {
+      wp = &model_.layers[l];
     }
     const LayerWeights& w = *wp;
     // Attention block.
