@@ -10,9 +10,12 @@
 namespace flashd::flash {
 namespace {
 
-// Bundles per scheduling unit: each thread's share is a whole number of
-// the GEMM kernels' row tiles (as Forward's kRowAlign).
-constexpr int64_t kBundleAlign = 16;
+// Neuron ids per block of the fixed partition of a layer's neurons among
+// threads (a whole number of the GEMM kernels' row tiles, as Forward's
+// kRowAlign): block b belongs to thread b % threads.
+constexpr int32_t kOwnerBlock = 64;
+
+int Owner(int32_t id, int threads) { return (id / kOwnerBlock) % threads; }
 // How far ahead of the bundle being added its successors are prefetched.
 // The gate/up GEMM of a chunk reads rows a bundle apart and the down
 // columns are read after them, which the hardware prefetchers follow
@@ -100,13 +103,20 @@ void BundleFfn::Add(const BundleSpan& span) {
   FLASHD_CHECK(span.count >= 0 && span.count <= max_span_);
   if (span.count == 0) return;
   FLASHD_CHECK(span.data != nullptr && span.ids != nullptr);
-  const int64_t units = (span.count + kBundleAlign - 1) / kBundleAlign;
+  // Thread ti sums the neurons of the id blocks it owns, by runs of
+  // neighbours in the span, into its own partial sums.
   pool_->Run([&](int ti, int nt) {
-    const int64_t b0 =
-        std::min<int64_t>(span.count, units * ti / nt * kBundleAlign);
-    const int64_t b1 =
-        std::min<int64_t>(span.count, units * (ti + 1) / nt * kBundleAlign);
-    AddRange(span, static_cast<int32_t>(b0), static_cast<int32_t>(b1), ti);
+    int32_t s0 = 0;
+    while (s0 < span.count) {
+      if (Owner(span.ids[s0], nt) != ti) {
+        ++s0;
+        continue;
+      }
+      int32_t s1 = s0 + 1;
+      while (s1 < span.count && Owner(span.ids[s1], nt) == ti) ++s1;
+      AddRange(span, s0, s1, ti);
+      s0 = s1;
+    }
   });
 }
 

@@ -35,6 +35,15 @@ struct DownTables {
 // silu(g) * u the same float expression, so each neuron's activation is
 // bit-identical to Forward's. The down product is sum_i act_i * down_i in
 // float over the stored (exact) down values, one partial sum per thread:
+// thread i owns the neurons of the fixed id blocks i, i + threads, ... and
+// adds them in the order the spans bring them, and Finish adds the
+// threads' sums in thread order. So the result depends on the neuron ids,
+// their order across Add calls and the thread count, never on how the ids
+// are split into spans or on the batch size (a single token takes a
+// different down kernel with the same roundings): spans in increasing id
+// order (a dense pass, with the cache holding a prefix of the layer's ids
+// in increasing slot order) give the same bits as one span of every
+// neuron. See docs/determinism.md.
 // for float down types it differs from the resident engine only in the
 // order of the float additions; for quantized down types the resident
 // engine also quantizes the activations (to Q8_0/Q8_K) before its down
