@@ -48,8 +48,11 @@ TEST_P(GemmBatchInvarianceTest, EveryRowAndTokenAsAlone) {
   constexpr int64_t kRows = 50;
   constexpr int64_t kTokens = 24;
   const int block = Traits(wtype).block_size;
-  // An attention width, and an FFN width with a partial last step.
-  for (int64_t n : {int64_t{2048}, int64_t{5632}, int64_t{block == 1 ? 100 : 256 * 3}}) {
+  // An attention width, an FFN width, and short rows that end in a partial
+  // step of the kernels (7 and 2 blocks of 32; 3 and 1 of 256).
+  const int64_t short_rows[2] = {block == 1 ? 100 : block * (block == 32 ? 7 : 3),
+                                 block == 1 ? 7 : block * (block == 32 ? 2 : 1)};
+  for (int64_t n : {int64_t{2048}, int64_t{5632}, short_rows[0], short_rows[1]}) {
     SCOPED_TRACE("n=" + std::to_string(n));
     const size_t w_stride = RowSize(wtype, n);
     const size_t a_stride = RowSize(atype, n);
