@@ -133,13 +133,15 @@ void ExpectInvariant(Forward& f, const std::string& name) {
     ExpectSameBits(alone, Chunked(f, chunk),
                    name + " prompt chunks of " + std::to_string(chunk));
   }
-  for (int32_t chunk : {1, 4, 9}) {
-    for (size_t slot : {size_t{0}, size_t{1}, size_t{3}}) {
-      ExpectSameBits(alone, Batched(f, chunk, slot),
-                     name + " batched, others' chunks of " +
-                         std::to_string(chunk) + ", slot " +
-                         std::to_string(slot));
-    }
+  const struct {
+    int32_t chunk;
+    size_t slot;
+  } batches[] = {{1, 0}, {4, 3}, {9, 1}};
+  for (const auto& b : batches) {
+    ExpectSameBits(alone, Batched(f, b.chunk, b.slot),
+                   name + " batched, others' chunks of " +
+                       std::to_string(b.chunk) + ", slot " +
+                       std::to_string(b.slot));
   }
 }
 
