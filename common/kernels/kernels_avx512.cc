@@ -22,6 +22,14 @@
 // so results differ from the reference only by float summation order.
 // Q8_0/Q4_0 prefill (nt > 1) does not use these tiles: it repacks weights
 // and activations per call (kernels_avx512_q0.cc).
+//
+// Batch invariance: every (row, token) result is the same bits whatever the
+// tile shape, the number of rows and tokens in the call, and the row's and
+// token's position in it (docs/determinism.md). A tile's accumulator for
+// (r, t) sees the same operations in the same order for any R and T, and
+// the K-quant decode and prefill tiles are one template; the Q8_0/Q4_0
+// repacked prefill sums blocks in Q0Tile's order (BlockSums, SumChains).
+// tests/kernels_batch_invariance_test.cc checks it on every ISA.
 
 #include "common/kernels/immintrin_quiet.h"
 
@@ -313,6 +321,31 @@ inline Q8_0x4 LoadQ8_0x4(const uint8_t* p, bool masked, int count) {
   return r;
 }
 
+// Q8_0 / Q4_0 summation order, shared with the prefill GEMM
+// (kernels_avx512_q0.cc) so that a row's result does not depend on the
+// number of tokens: a block's integer dot product is exact; block b's
+// float(sum) * (d_w * d_a) is added by fma into chain b % 4, in increasing
+// b from +0; the result is (chain 0 + chain 1) + (chain 2 + chain 3).
+//
+// BlockSums: from vpdpbusd partial sums with block k's in 128-bit lane k,
+// each lane's total in all its dwords (exact).
+inline __m512i BlockSums(__m512i v) {
+  v = _mm512_add_epi32(
+      v, _mm512_shuffle_epi32(v, static_cast<_MM_PERM_ENUM>(
+                                     _MM_SHUFFLE(2, 3, 0, 1))));
+  return _mm512_add_epi32(
+      v, _mm512_shuffle_epi32(
+             v, static_cast<_MM_PERM_ENUM>(_MM_SHUFFLE(1, 0, 3, 2))));
+}
+// The result from accumulators whose 128-bit lane k holds chain k.
+inline float SumChains(__m512 acc) {
+  const __m128 c0 = _mm512_castps512_ps128(acc);
+  const __m128 c1 = _mm512_extractf32x4_ps(acc, 1);
+  const __m128 c2 = _mm512_extractf32x4_ps(acc, 2);
+  const __m128 c3 = _mm512_extractf32x4_ps(acc, 3);
+  return _mm_cvtss_f32(_mm_add_ss(_mm_add_ss(c0, c1), _mm_add_ss(c2, c3)));
+}
+
 // Shared tile of the two kernels. W::Load(row, masked, count) returns the
 // weights as unsigned bytes (lo, hi) and scales; kOffset is what W added to
 // make them unsigned (subtracted through the activation sums).
@@ -344,7 +377,7 @@ void Q0Tile(int64_t n, const uint8_t* w, size_t w_stride, const uint8_t* a,
       for (int r = 0; r < R; ++r) {
         const __m512i sumi = _mm512_dpbusd_epi32(
             _mm512_dpbusd_epi32(bias, wq[r].lo, av.lo), wq[r].hi, av.hi);
-        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi),
+        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(BlockSums(sumi)),
                                     _mm512_mul_ps(wq[r].d, av.d), acc[r][t]);
       }
     }
@@ -352,7 +385,11 @@ void Q0Tile(int64_t n, const uint8_t* w, size_t w_stride, const uint8_t* a,
   int64_t b = 0;
   for (; b + 4 <= nb; b += 4) step(b, false, 4);
   if (b < nb) step(b, true, static_cast<int>(nb - b));
-  StoreTile(acc, out, out_stride);
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) out[t * out_stride + r] = SumChains(acc[r][t]);
+  }
 }
 
 struct Q8_0Weights {
@@ -467,13 +504,8 @@ inline __m512i UnpackQ4KScalesX4(const BlockQ4_K* const* x) {
 }
 
 // Word indices into the 32 words that two rows' unpacked scales widen to
-// (row k's sc at words 16k..16k+7, m at 16k+8..16k+15): that row's sc in
-// every 128-bit lane, and its mins as [m0, m0, m1, m1, ...].
-constexpr WordIndex Q4KScaleWords(int k) {
-  WordIndex idx{};
-  for (int j = 0; j < 32; ++j) idx.v[j] = static_cast<uint16_t>(16 * k + j % 8);
-  return idx;
-}
+// (row k's sc at words 16k..16k+7, m at 16k+8..16k+15): that row's mins as
+// [m0, m0, m1, m1, ...].
 constexpr WordIndex Q4KMinWords(int k) {
   WordIndex idx{};
   for (int j = 0; j < 32; ++j) {
@@ -481,21 +513,9 @@ constexpr WordIndex Q4KMinWords(int k) {
   }
   return idx;
 }
-constexpr WordIndex kQ4KScaleWords[2] = {Q4KScaleWords(0), Q4KScaleWords(1)};
 constexpr WordIndex kQ4KMinWords[2] = {Q4KMinWords(0), Q4KMinWords(1)};
 
-// vpshufb controls: word j of a 128-bit lane into every dword's low word,
-// high word zero.
-constexpr int64_t ScalePick(int j) {
-  const uint64_t dword = uint64_t(2 * j) | (uint64_t(2 * j + 1) << 8) |
-                         (uint64_t{0x80} << 16) | (uint64_t{0x80} << 24);
-  return static_cast<int64_t>(dword | (dword << 32));
-}
-constexpr int64_t kScalePick[8] = {ScalePick(0), ScalePick(1), ScalePick(2),
-                                   ScalePick(3), ScalePick(4), ScalePick(5),
-                                   ScalePick(6), ScalePick(7)};
-
-// Decode (T = 1) scale words: 64 bytes of nibbles (pairs 2g, 2g+1) give
+// Scale words: 64 bytes of nibbles (pairs 2g, 2g+1) give
 // lo = sub-blocks (4g | 4g+2) and hi = (4g+1 | 4g+3) in the low | high 256
 // bits; vpackssdw of their vpdpbusd sums puts, in 128-bit lane k, sub-block
 // 4g + 2 * (k / 2) in words 0-3 and the next sub-block in words 4-7. These
@@ -517,99 +537,19 @@ struct Q4_KKernel {
   static constexpr int kRows = 2;
   static constexpr int kTokens = 4;
 
-  // Decode: one token, R <= 8 rows (8 measured no faster than 4). Per 128
-  // elements and row: one 64-byte
-  // load, and/shift/and, two vpdpbusd, one vpackssdw (sums fit int16) and
-  // one vpdpwssd against the packed sub-block scales.
-  template <int R>
-  static void DecodeTile(int64_t n, const uint8_t* w, size_t w_stride,
-                         const uint8_t* a, float* out) {
-    const int64_t nb = n / kQK_K;
-    const __m512i k0F = _mm512_set1_epi8(0x0F);
-    const __m512i zero = _mm512_setzero_si512();
-    __m512 acc[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-    TilePrefetcher prefetch(w, w_stride, R, nb * sizeof(BlockQ4_K), nb);
-    for (int64_t i = 0; i < nb; ++i) {
-      prefetch.Step();
-      const BlockQ4_K* x[R];
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        x[r] = reinterpret_cast<const BlockQ4_K*>(w + r * w_stride) + i;
-      }
-      const BlockQ8_K* y = reinterpret_cast<const BlockQ8_K*>(a) + i;
-      __m512i words[(R + 1) / 2];
-#pragma GCC unroll 2
-      for (int r0 = 0; r0 < R; r0 += 4) {
-        const __m512i packed = UnpackQ4KScalesX4<(R < 4 ? R : 4)>(x + r0);
-        words[r0 / 2] = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(packed));
-        if (r0 + 2 < R) {
-          words[r0 / 2 + 1] =
-              _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(packed, 1));
-        }
-      }
-      __m512i sumi[R];
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) sumi[r] = zero;
-#pragma GCC unroll 2
-      for (int g = 0; g < 2; ++g) {
-        const __m512i a0 = _mm512_loadu_si512(y->qs + 128 * g);
-        const __m512i a1 = _mm512_loadu_si512(y->qs + 128 * g + 64);
-        const __m512i alo =
-            _mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(1, 0, 1, 0));
-        const __m512i ahi =
-            _mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(3, 2, 3, 2));
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const __m512i v = _mm512_loadu_si512(x[r]->qs + 64 * g);
-          const __m512i lo = _mm512_and_si512(v, k0F);
-          const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), k0F);
-          const __m512i s =
-              _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, lo, alo),
-                                 _mm512_dpbusd_epi32(zero, hi, ahi));
-          const __m512i sc = _mm512_permutexvar_epi16(
-              LoadIndex(kQ4KPackScaleWords[r % 2][g]), words[r / 2]);
-          sumi[r] = _mm512_dpwssd_epi32(sumi[r], s, sc);
-        }
-      }
-      const __m256i bsums =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y->bsums));
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m256i mins = _mm512_castsi512_si256(_mm512_permutexvar_epi16(
-            LoadIndex(kQ4KMinWords[r % 2]), words[r / 2]));
-        const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, bsums));
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r]),
-                                 _mm512_set1_ps(Half(x[r]->d) * y->d), acc[r]);
-        acc[r] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(m),
-                                  _mm512_set1_ps(Half(x[r]->dmin) * y->d),
-                                  acc[r]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) out[r] = HorizontalSum(acc[r]);
-  }
-
+  // One tile of R <= 4 rows x T tokens, used for decode (T = 1, R =
+  // kRowsDecode) and prefill alike, so that every (row, token) sums the
+  // same lanes in the same order whatever the tile's shape. Per 128
+  // elements, row and token: two vpdpbusd, one vpackssdw (sums fit int16)
+  // and one vpdpwssd against the packed sub-block scales; per row one
+  // 64-byte load and and/shift/and, per token two loads and two shuffles.
   template <int R, int T>
   static void Tile(int64_t n, const uint8_t* w, size_t w_stride,
                    const uint8_t* a, size_t a_stride, float* out,
                    size_t out_stride) {
-    if constexpr (T == 1) {
-      DecodeTile<R>(n, w, w_stride, a, out);
-    } else {
-      PrefillTile<R, T>(n, w, w_stride, a, a_stride, out, out_stride);
-    }
-  }
-
-  template <int R, int T>
-  static void PrefillTile(int64_t n, const uint8_t* w, size_t w_stride,
-                          const uint8_t* a, size_t a_stride, float* out,
-                          size_t out_stride) {
+    static_assert(R <= 4);
     const int64_t nb = n / kQK_K;
     const __m512i k0F = _mm512_set1_epi8(0x0F);
-    const __m512i shift =
-        _mm512_set_epi64(kW4, kW4, kW4, kW4, kW0, kW0, kW0, kW0);
     const __m512i zero = _mm512_setzero_si512();
     __m512 acc[R][T];
     ZeroTile(acc);
@@ -618,28 +558,21 @@ struct Q4_KKernel {
       prefetch.Step();
       const BlockQ4_K* x[R];
       const BlockQ8_K* y[T];
-      __m512i sc16[R];  // row r's sc[0..7] as words, in every 128-bit lane
-      __m256i mins[R];  // row r's [m0, m0, m1, m1, ...] as words
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         x[r] = reinterpret_cast<const BlockQ4_K*>(w + r * w_stride) + i;
       }
-      {
-        const __m512i packed = UnpackQ4KScalesX4<R>(x);
-        const __m512i words[2] = {
-            _mm512_cvtepu8_epi16(_mm512_castsi512_si256(packed)),
-            _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(packed, 1))};
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          sc16[r] = _mm512_permutexvar_epi16(LoadIndex(kQ4KScaleWords[r % 2]),
-                                             words[r / 2]);
-          mins[r] = _mm512_castsi512_si256(_mm512_permutexvar_epi16(
-              LoadIndex(kQ4KMinWords[r % 2]), words[r / 2]));
-        }
-      }
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         y[t] = reinterpret_cast<const BlockQ8_K*>(a + t * a_stride) + i;
+      }
+      __m512i words[(R + 1) / 2];
+      {
+        const __m512i packed = UnpackQ4KScalesX4<R>(x);
+        words[0] = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(packed));
+        if constexpr (R > 2) {
+          words[1] = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(packed, 1));
+        }
       }
       __m512i sumi[R][T];
 #pragma GCC unroll 8
@@ -647,42 +580,45 @@ struct Q4_KKernel {
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) sumi[r][t] = zero;
       }
-#pragma GCC unroll 4
-      for (int p = 0; p < 4; ++p) {
-        // (sc[2p], 0) word pairs in the low 256 bits, (sc[2p+1], 0) above.
-        const __m512i pick = _mm512_set_epi64(
-            kScalePick[2 * p + 1], kScalePick[2 * p + 1], kScalePick[2 * p + 1],
-            kScalePick[2 * p + 1], kScalePick[2 * p], kScalePick[2 * p],
-            kScalePick[2 * p], kScalePick[2 * p]);
-        __m512i wq[R];
-        __m512i sc[R];
+#pragma GCC unroll 2
+      for (int g = 0; g < 2; ++g) {
+        __m512i lo[R], hi[R], sc[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-          const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(x[r]->qs + 32 * p)));
-          wq[r] = _mm512_and_si512(_mm512_srlv_epi16(v, shift), k0F);
-          sc[r] = _mm512_shuffle_epi8(sc16[r], pick);
+          const __m512i v = _mm512_loadu_si512(x[r]->qs + 64 * g);
+          lo[r] = _mm512_and_si512(v, k0F);
+          hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), k0F);
+          sc[r] = _mm512_permutexvar_epi16(
+              LoadIndex(kQ4KPackScaleWords[r % 2][g]), words[r / 2]);
         }
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-          const __m512i av = _mm512_loadu_si512(y[t]->qs + 64 * p);
+          const __m512i a0 = _mm512_loadu_si512(y[t]->qs + 128 * g);
+          const __m512i a1 = _mm512_loadu_si512(y[t]->qs + 128 * g + 64);
+          const __m512i alo =
+              _mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(1, 0, 1, 0));
+          const __m512i ahi =
+              _mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(3, 2, 3, 2));
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
-            sumi[r][t] = _mm512_dpwssd_epi32(
-                sumi[r][t], _mm512_dpbusd_epi32(zero, wq[r], av), sc[r]);
+            const __m512i s =
+                _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, lo[r], alo),
+                                   _mm512_dpbusd_epi32(zero, hi[r], ahi));
+            sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], s, sc[r]);
           }
         }
       }
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
+        const __m256i mins = _mm512_castsi512_si256(_mm512_permutexvar_epi16(
+            LoadIndex(kQ4KMinWords[r % 2]), words[r / 2]));
         const float dw = Half(x[r]->d);
         const float dmin = Half(x[r]->dmin);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
           const __m256i bsums =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t]->bsums));
-          const __m256 m =
-              _mm256_cvtepi32_ps(_mm256_madd_epi16(mins[r], bsums));
+          const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, bsums));
           acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r][t]),
                                       _mm512_set1_ps(dw * y[t]->d), acc[r][t]);
           acc[r][t] =
@@ -701,7 +637,7 @@ struct Q4_KKernel {
 // int16 (4*63*128) and are scaled per 16 elements with vpdpwssd; the -32
 // offset is folded in from the bsums.
 
-// Decode (T = 1) scale words: vpackssdw of half h's q0 and q1 vpdpbusd
+// Scale words: vpackssdw of half h's q0 and q1 vpdpbusd
 // sums puts, in 128-bit lane k, 16-element group k of q0 (scale 8h + k) in
 // words 0-3 and of q1 (scale 8h + 4 + k) in words 4-7.
 constexpr WordIndex Q6KPackScaleWords(int h) {
@@ -719,30 +655,35 @@ struct Q6_KKernel {
   static constexpr int kRows = 2;
   static constexpr int kTokens = 4;
 
-  // Decode: one token. Per 128 elements and row: q0/q1 as in Tile, two
-  // vpdpbusd, one vpackssdw (sums fit int16) and one vpdpwssd against the
-  // packed 16-element scales.
-  template <int R>
-  static void DecodeTile(int64_t n, const uint8_t* w, size_t w_stride,
-                         const uint8_t* a, float* out) {
+  // One tile of R rows x T tokens, used for decode (T = 1, R =
+  // kRowsDecode) and prefill alike, so that every (row, token) sums the
+  // same lanes in the same order whatever the tile's shape. Per 128
+  // elements, row and token: two vpdpbusd, one vpackssdw (sums fit int16)
+  // and one vpdpwssd against the packed 16-element scales; q0/q1 are built
+  // once per row, the activations loaded once per token.
+  template <int R, int T>
+  static void Tile(int64_t n, const uint8_t* w, size_t w_stride,
+                   const uint8_t* a, size_t a_stride, float* out,
+                   size_t out_stride) {
     const int64_t nb = n / kQK_K;
     const __m512i k0F = _mm512_set1_epi8(0x0F);
     const __m512i k30 = _mm512_set1_epi8(0x30);
     const __m512i shr =
         _mm512_set_epi64(kW2, kW2, kW2, kW2, kW0, kW0, kW0, kW0);
     const __m512i zero = _mm512_setzero_si512();
-    __m512 acc[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    __m512 acc[R][T];
+    ZeroTile(acc);
     TilePrefetcher prefetch(w, w_stride, R, nb * sizeof(BlockQ6_K), nb);
     for (int64_t i = 0; i < nb; ++i) {
       prefetch.Step();
       const BlockQ6_K* x[R];
-      const BlockQ8_K* y = reinterpret_cast<const BlockQ8_K*>(a) + i;
-      const __m256i bsums =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y->bsums));
+      const BlockQ8_K* y[T];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        y[t] = reinterpret_cast<const BlockQ8_K*>(a + t * a_stride) + i;
+      }
       __m512i sc16[R];
-      __m512i sumi[R];
+      __m512i sumi[R][T];
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         x[r] = reinterpret_cast<const BlockQ6_K*>(w + r * w_stride) + i;
@@ -751,12 +692,17 @@ struct Q6_KKernel {
         sc16[r] = _mm512_castsi256_si512(s16);
         const __m256i neg32 = _mm256_sub_epi16(_mm256_setzero_si256(),
                                                _mm256_slli_epi16(s16, 5));
-        sumi[r] = _mm512_zextsi256_si512(_mm256_madd_epi16(neg32, bsums));
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const __m256i bsums = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(y[t]->bsums));
+          sumi[r][t] =
+              _mm512_zextsi256_si512(_mm256_madd_epi16(neg32, bsums));
+        }
       }
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
-        const __m512i a0 = _mm512_loadu_si512(y->qs + 128 * h);
-        const __m512i a1 = _mm512_loadu_si512(y->qs + 128 * h + 64);
+        __m512i q0[R], q1[R], sc[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           const __m512i ql = _mm512_loadu_si512(x[r]->ql + 64 * h);
@@ -767,102 +713,11 @@ struct Q6_KKernel {
           const __m512i hs = _mm512_srlv_epi16(qh, shr);
           const __m512i h0 = _mm512_and_si512(_mm512_slli_epi16(hs, 4), k30);
           const __m512i h1 = _mm512_and_si512(hs, k30);
-          const __m512i q0 = _mm512_ternarylogic_epi32(ql, k0F, h0, 0xEA);
-          const __m512i q1 = _mm512_ternarylogic_epi32(
-              _mm512_srli_epi16(ql, 4), k0F, h1, 0xEA);
-          const __m512i s =
-              _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q0, a0),
-                                 _mm512_dpbusd_epi32(zero, q1, a1));
-          const __m512i sc = _mm512_permutexvar_epi16(
-              LoadIndex(kQ6KPackScaleWords[h]), sc16[r]);
-          sumi[r] = _mm512_dpwssd_epi32(sumi[r], s, sc);
-        }
-      }
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r]),
-                                 _mm512_set1_ps(Half(x[r]->d) * y->d), acc[r]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) out[r] = HorizontalSum(acc[r]);
-  }
-
-  template <int R, int T>
-  static void Tile(int64_t n, const uint8_t* w, size_t w_stride,
-                   const uint8_t* a, size_t a_stride, float* out,
-                   size_t out_stride) {
-    if constexpr (T == 1) {
-      DecodeTile<R>(n, w, w_stride, a, out);
-    } else {
-      PrefillTile<R, T>(n, w, w_stride, a, a_stride, out, out_stride);
-    }
-  }
-
-  template <int R, int T>
-  static void PrefillTile(int64_t n, const uint8_t* w, size_t w_stride,
-                          const uint8_t* a, size_t a_stride, float* out,
-                          size_t out_stride) {
-    const int64_t nb = n / kQK_K;
-    const __m512i k0F = _mm512_set1_epi8(0x0F);
-    const __m512i k30 = _mm512_set1_epi8(0x30);
-    const __m512i shl =
-        _mm512_set_epi64(kW2, kW2, kW2, kW2, kW4, kW4, kW4, kW4);
-    const __m512i shr =
-        _mm512_set_epi64(kW2, kW2, kW2, kW2, kW0, kW0, kW0, kW0);
-    const __m512i zero = _mm512_setzero_si512();
-    const __m512i word_mask = _mm512_set1_epi32(0xFFFF);
-    __m512 acc[R][T];
-    ZeroTile(acc);
-    TilePrefetcher prefetch(w, w_stride, R, nb * sizeof(BlockQ6_K), nb);
-    for (int64_t i = 0; i < nb; ++i) {
-      prefetch.Step();
-      const BlockQ6_K* x[R];
-      const BlockQ8_K* y[T];
-      __m512i sc32[R];
-      __m256i sc_neg32[R];  // -32 * scale, int16
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        x[r] = reinterpret_cast<const BlockQ6_K*>(w + r * w_stride) + i;
-        const __m128i s8 =
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[r]->scales));
-        sc32[r] = _mm512_and_si512(_mm512_cvtepi8_epi32(s8), word_mask);
-        sc_neg32[r] =
-            _mm256_sub_epi16(_mm256_setzero_si256(),
-                             _mm256_slli_epi16(_mm256_cvtepi8_epi16(s8), 5));
-      }
-      __m512i sumi[R][T];
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) {
-        y[t] = reinterpret_cast<const BlockQ8_K*>(a + t * a_stride) + i;
-        const __m256i bsums =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t]->bsums));
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          sumi[r][t] =
-              _mm512_zextsi256_si512(_mm256_madd_epi16(sc_neg32[r], bsums));
-        }
-      }
-#pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        __m512i q0[R], q1[R], s0[R], s1[R];
-        const __m512i idx0 = _mm512_set_epi32(
-            8 * h + 3, 8 * h + 3, 8 * h + 3, 8 * h + 3, 8 * h + 2, 8 * h + 2,
-            8 * h + 2, 8 * h + 2, 8 * h + 1, 8 * h + 1, 8 * h + 1, 8 * h + 1,
-            8 * h, 8 * h, 8 * h, 8 * h);
-        const __m512i idx1 = _mm512_add_epi32(idx0, _mm512_set1_epi32(4));
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const __m512i ql = _mm512_loadu_si512(x[r]->ql + 64 * h);
-          const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(x[r]->qh + 32 * h)));
-          const __m512i h0 = _mm512_and_si512(_mm512_sllv_epi16(qh, shl), k30);
-          const __m512i h1 = _mm512_and_si512(_mm512_srlv_epi16(qh, shr), k30);
-          q0[r] = _mm512_ternarylogic_epi32(ql, k0F, h0, 0xEA);  // (a&b)|c
+          q0[r] = _mm512_ternarylogic_epi32(ql, k0F, h0, 0xEA);
           q1[r] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4), k0F, h1,
                                             0xEA);
-          s0[r] = _mm512_permutexvar_epi32(idx0, sc32[r]);
-          s1[r] = _mm512_permutexvar_epi32(idx1, sc32[r]);
+          sc[r] = _mm512_permutexvar_epi16(LoadIndex(kQ6KPackScaleWords[h]),
+                                           sc16[r]);
         }
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
@@ -870,10 +725,10 @@ struct Q6_KKernel {
           const __m512i a1 = _mm512_loadu_si512(y[t]->qs + 128 * h + 64);
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
-            sumi[r][t] = _mm512_dpwssd_epi32(
-                sumi[r][t], _mm512_dpbusd_epi32(zero, q0[r], a0), s0[r]);
-            sumi[r][t] = _mm512_dpwssd_epi32(
-                sumi[r][t], _mm512_dpbusd_epi32(zero, q1[r], a1), s1[r]);
+            const __m512i s =
+                _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q0[r], a0),
+                                   _mm512_dpbusd_epi32(zero, q1[r], a1));
+            sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], s, sc[r]);
           }
         }
       }

@@ -22,7 +22,8 @@
 //    previous tile software-prefetches them (NextTilePrefetch).
 // Both are small next to the tile work they feed: each packed block is
 // used by every token of the chunk.
-// Scales apply as float(d_w * d_a) * sumi, as in ggml.
+// Scales apply as float(d_w * d_a) * sumi, as in ggml, and blocks are
+// summed in the decode kernel's order (four chains, see PackedTile).
 
 #include "common/kernels/immintrin_quiet.h"
 
@@ -232,58 +233,76 @@ template <int G, int T>
 void PackedTile(int64_t nb, const PackedBlock* w, const PreparedBlock* a,
                 float* out, size_t out_stride, int rows,
                 NextTilePrefetch* prefetch) {
-  __m512 acc[G][T];
+  // Four chains (blocks b % 4 == c), one after the other, then
+  // (chain 0 + chain 1) + (chain 2 + chain 3): the order of the decode
+  // kernel (Q0Tile in kernels_avx512.cc), so a row's result does not depend
+  // on how many tokens share the call.
+  __m512 pair[G][T];   // chain 0 + chain 1
+  __m512 third[G][T];  // chain 2
+  for (int c = 0; c < 4; ++c) {
+    __m512 acc[G][T];
 #pragma GCC unroll 4
-  for (int g = 0; g < G; ++g) {
+    for (int g = 0; g < G; ++g) {
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) acc[g][t] = _mm512_setzero_ps();
-  }
-  for (int64_t b = 0; b < nb; ++b) {
-    const PackedBlock* wb = w + b;
-    const PreparedBlock* ab = a + b;
-    prefetch->Step();
-    __m512i sumi[G][T];
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) {
-      const __m512i bias = _mm512_set1_epi32(ab[t * nb].bias);
-#pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) sumi[g][t] = bias;
+      for (int t = 0; t < T; ++t) acc[g][t] = _mm512_setzero_ps();
     }
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; ++k) {
-      __m512i wk[G];
-#pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) wk[g] = _mm512_load_si512(wb[g * nb].q[k]);
+    for (int64_t b = c; b < nb; b += 4) {
+      const PackedBlock* wb = w + b;
+      const PreparedBlock* ab = a + b;
+      prefetch->Step();
+      __m512i sumi[G][T];
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
-        int32_t v;
-        std::memcpy(&v, ab[t * nb].qs + 4 * k, sizeof(v));
-        const __m512i av = _mm512_set1_epi32(v);
+        const __m512i bias = _mm512_set1_epi32(ab[t * nb].bias);
 #pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) {
-          sumi[g][t] = _mm512_dpbusd_epi32(sumi[g][t], wk[g], av);
+        for (int g = 0; g < G; ++g) sumi[g][t] = bias;
+      }
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) {
+        __m512i wk[G];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) wk[g] = _mm512_load_si512(wb[g * nb].q[k]);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          int32_t v;
+          std::memcpy(&v, ab[t * nb].qs + 4 * k, sizeof(v));
+          const __m512i av = _mm512_set1_epi32(v);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; ++g) {
+            sumi[g][t] = _mm512_dpbusd_epi32(sumi[g][t], wk[g], av);
+          }
+        }
+      }
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) {
+        const __m512 wd = _mm512_load_ps(wb[g * nb].d);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          acc[g][t] = _mm512_fmadd_ps(
+              _mm512_cvtepi32_ps(sumi[g][t]),
+              _mm512_mul_ps(wd, _mm512_set1_ps(ab[t * nb].d)), acc[g][t]);
         }
       }
     }
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) {
-      const __m512 wd = _mm512_load_ps(wb[g * nb].d);
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
-        acc[g][t] = _mm512_fmadd_ps(
-            _mm512_cvtepi32_ps(sumi[g][t]),
-            _mm512_mul_ps(wd, _mm512_set1_ps(ab[t * nb].d)), acc[g][t]);
+        if (c == 0) {
+          pair[g][t] = acc[g][t];
+        } else if (c == 1) {
+          pair[g][t] = _mm512_add_ps(pair[g][t], acc[g][t]);
+        } else if (c == 2) {
+          third[g][t] = acc[g][t];
+        } else {
+          acc[g][t] = _mm512_add_ps(pair[g][t],
+                                    _mm512_add_ps(third[g][t], acc[g][t]));
+          const int valid = std::clamp(rows - kGroupRows * g, 0, kGroupRows);
+          const __mmask16 m = static_cast<__mmask16>((1u << valid) - 1);
+          _mm512_mask_storeu_ps(out + t * out_stride + kGroupRows * g, m,
+                                acc[g][t]);
+        }
       }
-    }
-  }
-#pragma GCC unroll 4
-  for (int g = 0; g < G; ++g) {
-    const int valid = std::clamp(rows - kGroupRows * g, 0, kGroupRows);
-    const __mmask16 m = static_cast<__mmask16>((1u << valid) - 1);
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) {
-      _mm512_mask_storeu_ps(out + t * out_stride + kGroupRows * g, m,
-                            acc[g][t]);
     }
   }
 }
