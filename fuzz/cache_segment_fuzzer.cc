@@ -1,5 +1,5 @@
 // Feeds arbitrary bytes to the neuron-cache segment attach: the bytes
-// become /dev/shm/flashd-fuzz-<pid>-cache, and CacheSegment::OpenOrCreate
+// become the file "cache" in a directory of the harness's own, and CacheSegment::OpenOrCreate
 // is asked for the layout the bytes' own header and layer records describe
 // (when small), so mutations reach the warm-attach path. Checks that
 // attach never crashes and that an attached segment's per-layer used count
@@ -12,12 +12,16 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/base/check.h"
 #include "common/flash/cache_segment.h"
+#include "common/shm/shm_dir.h"
 
 namespace {
 
@@ -31,12 +35,38 @@ T At(const uint8_t* data, size_t size, size_t offset) {
   return v;
 }
 
+
+// The harness's own shared-memory directory (removed at exit) and a file
+// `name` in it holding exactly `data`, mode 0600.
+std::shared_ptr<const flashd::shm::ShmDir> FuzzDir() {
+  static std::shared_ptr<const flashd::shm::ShmDir> dir = [] {
+    static const std::string path =
+        "/dev/shm/flashd-fuzz-" + std::to_string(::getpid());
+    auto d = flashd::shm::ShmDir::Open(path);
+    FLASHD_CHECK(d.ok());
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    });
+    return *d;
+  }();
+  return dir;
+}
+
+void WriteFile(const std::string& name, const uint8_t* data, size_t size) {
+  const int fd = ::openat(FuzzDir()->fd(), name.c_str(),
+                          O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  FLASHD_CHECK(fd >= 0);
+  FLASHD_CHECK(::fchmod(fd, 0600) == 0);
+  FLASHD_CHECK(::write(fd, data, size) == static_cast<ssize_t>(size));
+  ::close(fd);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using flashd::flash::CacheSegment;
-  static const std::string kName =
-      "flashd-fuzz-" + std::to_string(::getpid()) + "-cache";
+  static const std::string kName = "cache";
   const uint64_t identity = At<uint64_t>(data, size, 16);
   // The engine always has at least one layer.
   const int32_t n_layer = std::clamp(At<int32_t>(data, size, 32), 1, 4);
@@ -47,11 +77,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     specs.push_back({std::clamp(At<int32_t>(data, size, rec), 0, 64),
                      std::min<uint64_t>(At<uint64_t>(data, size, rec + 8), 8192)});
   }
-  const int fd = ::shm_open(("/" + kName).c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
-  FLASHD_CHECK(fd >= 0);
-  FLASHD_CHECK(::write(fd, data, size) == static_cast<ssize_t>(size));
-  ::close(fd);
-  if (auto seg = CacheSegment::OpenOrCreate(kName, identity, n_ff, specs); seg.ok()) {
+  WriteFile(kName, data, size);
+  if (auto seg = CacheSegment::OpenOrCreate(FuzzDir(), kName, identity, n_ff, specs);
+      seg.ok()) {
     int64_t sum = 0;
     for (int32_t l = 0; l < n_layer; ++l) {
       const int32_t used = (*seg)->used(l);
@@ -66,6 +94,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     volatile int64_t sink = sum;
     (void)sink;
   }
-  ::shm_unlink(("/" + kName).c_str());
+  ::unlinkat(FuzzDir()->fd(), kName.c_str(), 0);
   return 0;
 }

@@ -31,8 +31,9 @@ esac
 pid=$!
 wait "$pid"
 rc=$?
-# Harnesses that use shared memory name their segments by pid.
-rm -f /dev/shm/flashd-fuzz-"$pid"-*
+# Harnesses that use shared memory keep it in a directory named by pid
+# (removed at exit; not when killed).
+rm -rf /dev/shm/flashd-fuzz-"$pid"
 execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
 rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$')
 cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1)

@@ -150,8 +150,10 @@ bool Matches(int fd, uint64_t size, uint64_t identity, int32_t n_ff,
     return false;
   }
   std::memcpy(&h, head.data(), sizeof(h));
-  std::memcpy(recs.data(), head.data() + sizeof(h),
-              recs.size() * sizeof(LayerRecord));
+  if (!recs.empty()) {
+    std::memcpy(recs.data(), head.data() + sizeof(h),
+                recs.size() * sizeof(LayerRecord));
+  }
   bool match = std::memcmp(h.magic, kMagic, 8) == 0 &&
                h.version == kCacheSegmentVersion &&
                h.header_bytes == sizeof(SegmentHeader) &&
@@ -281,8 +283,10 @@ absl::StatusOr<std::unique_ptr<CacheSegment>> CacheSegment::OpenOrCreate(
     h.n_layer = static_cast<int32_t>(layers.size());
     h.n_ff = n_ff;
     std::memcpy(seg->base_, &h, sizeof(h));
-    std::memcpy(seg->base_ + sizeof(h), want.data(),
-                want.size() * sizeof(LayerRecord));
+    if (!want.empty()) {  // no layers: nothing to copy (and no pointer)
+      std::memcpy(seg->base_ + sizeof(h), want.data(),
+                  want.size() * sizeof(LayerRecord));
+    }
   }
   for (const LayerRecord& r : want) {
     seg->slot_offset_.push_back(r.slots_offset);
