@@ -154,7 +154,7 @@ else
         -out "$pki/server.pem"; } > /dev/null 2>&1 || fail "openssl: test certificates"
     (umask 077; openssl rand -hex 32 > "$pki/key")
     tsock=$tmp/tls.sock
-    "$flashd" serve --model "$tmp/tiny.gguf" --socket "$tsock" --listen 127.0.0.1:0 \
+    "$flashd" serve --model "$tmp/tiny.gguf" --socket "$tsock" --listen 127.0.0.1:0 --shm-dir "$tmp/shm" \
       --tls-cert "$pki/server.pem" --tls-key "$pki/server.key" \
       --api-key-file "$pki/key" > "$tmp/tls.log" 2>&1 &
     pids+=($!)
