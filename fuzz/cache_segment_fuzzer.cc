@@ -12,16 +12,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/base/check.h"
 #include "common/flash/cache_segment.h"
-#include "common/shm/shm_dir.h"
+#include "fuzz/fuzz_shm_dir.h"
 
 namespace {
 
@@ -35,32 +32,6 @@ T At(const uint8_t* data, size_t size, size_t offset) {
   return v;
 }
 
-
-// The harness's own shared-memory directory (removed at exit) and a file
-// `name` in it holding exactly `data`, mode 0600.
-std::shared_ptr<const flashd::shm::ShmDir> FuzzDir() {
-  static std::shared_ptr<const flashd::shm::ShmDir> dir = [] {
-    static const std::string path =
-        "/dev/shm/flashd-fuzz-" + std::to_string(::getpid());
-    auto d = flashd::shm::ShmDir::Open(path);
-    FLASHD_CHECK(d.ok());
-    std::atexit([] {
-      std::error_code ec;
-      std::filesystem::remove_all(path, ec);
-    });
-    return *d;
-  }();
-  return dir;
-}
-
-void WriteFile(const std::string& name, const uint8_t* data, size_t size) {
-  const int fd = ::openat(FuzzDir()->fd(), name.c_str(),
-                          O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  FLASHD_CHECK(fd >= 0);
-  FLASHD_CHECK(::fchmod(fd, 0600) == 0);
-  FLASHD_CHECK(::write(fd, data, size) == static_cast<ssize_t>(size));
-  ::close(fd);
-}
 
 }  // namespace
 
@@ -77,8 +48,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     specs.push_back({std::clamp(At<int32_t>(data, size, rec), 0, 64),
                      std::min<uint64_t>(At<uint64_t>(data, size, rec + 8), 8192)});
   }
-  WriteFile(kName, data, size);
-  if (auto seg = CacheSegment::OpenOrCreate(FuzzDir(), kName, identity, n_ff, specs);
+  flashd::fuzz::WriteFile(kName, data, size);
+  if (auto seg = CacheSegment::OpenOrCreate(flashd::fuzz::FuzzDir(), kName,
+                                            identity, n_ff, specs);
       seg.ok()) {
     int64_t sum = 0;
     for (int32_t l = 0; l < n_layer; ++l) {
@@ -94,6 +66,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     volatile int64_t sink = sum;
     (void)sink;
   }
-  ::unlinkat(FuzzDir()->fd(), kName.c_str(), 0);
+  ::unlinkat(flashd::fuzz::FuzzDir()->fd(), kName.c_str(), 0);
   return 0;
 }
