@@ -4,7 +4,8 @@
 #   run_fuzzer.sh FUZZER SECONDS RSS_MB CORPUS_DIR [SEED_DIR...]
 # New inputs go to CORPUS_DIR (kept between runs); seed dirs that do not
 # exist are skipped. Crash inputs are saved beside CORPUS_DIR as
-# crash-<target>-*. Prints one summary line: executions, exec/s, coverage.
+# crash-<target>-*. Prints one summary line: executions, exec/s, coverage,
+# and adds the executions to CORPUS_DIR.executions (one line per run).
 # Exits non-zero when the target crashed, leaked, hung or ran out of memory.
 set -uo pipefail
 fuzzer="$1" seconds="$2" rss_mb="$3" corpus="$4"
@@ -37,6 +38,8 @@ rm -rf /dev/shm/flashd-fuzz-"$pid"
 execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
 rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$')
 cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1)
+# Executions add up over runs (scripts/fuzz --until reads the sum).
+[[ -n "$execs" ]] && echo "$execs" >>"$corpus.executions"
 echo "$name: ${execs:-?} executions, ${rate:-?} exec/s, ${cov:-cov: ?}," \
      "corpus $(ls "$corpus" | wc -l) files, exit $rc (log: $log)"
 if ((rc != 0)); then

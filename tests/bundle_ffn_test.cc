@@ -632,11 +632,11 @@ TEST(BundleFfnScratchTest, ScratchCoversBuffers) {
   BundleFfn ffn(c, &pool, 4, 100);
   // Quantized activations 2 x 4 x 256 floats (the widest format, F32);
   // per thread: gate and up 2 x 4 x 64 (a chunk of 64 bundles), partial
-  // sums 4 x 256, 64 dequantized columns of 256 floats; one step's
-  // activations 4 x 256 floats and 256 flags.
+  // sums 4 x 256, 64 dequantized columns of 256 floats, the positions of
+  // its bundles in a span of at most 100.
   EXPECT_EQ(ffn.ScratchBytes(),
             2u * 4 * 256 * 4 + 2u * (2 * 4 * 64 + 4 * 256 + 64 * 256) * 4 +
-                4u * 256 * 4 + 256);
+                2u * 100 * 4);
 }
 
 // --------------------------------------------------------------- timing

@@ -10,15 +10,12 @@
 namespace flashd::flash {
 namespace {
 
-// Bundles per scheduling unit of the gate/up products: each thread's share
-// is a whole number of the GEMM kernels' row tiles (as Forward's
-// kRowAlign).
-constexpr int64_t kBundleAlign = 16;
-// Neuron ids per block of the fixed partition of a layer's down products
-// among threads: block b belongs to thread b % threads.
-constexpr int32_t kOwnerBlock = 16;
+// Neuron ids per block of the fixed partition of a layer's neurons among
+// threads: block b belongs to thread b % threads.
+constexpr int32_t kOwnerBlock = 64;
 
 int Owner(int32_t id, int threads) { return (id / kOwnerBlock) % threads; }
+
 // How far ahead of the bundle being added its successors are prefetched.
 // The gate/up GEMM of a chunk reads rows a bundle apart and the down
 // columns are read after them, which the hardware prefetchers follow
@@ -47,16 +44,15 @@ BundleFfn::BundleFfn(const ModelConfig& config, ThreadPool* pool,
   gate_.resize(threads * b * kChunk);
   up_.resize(threads * b * kChunk);
   partial_.resize(threads * b * e);
-  acts_.resize(b * kStep);
-  active_.resize(kStep);
   columns_.resize(threads * kChunk * e);
+  owned_.resize(threads * static_cast<size_t>(max_span));
 }
 
 size_t BundleFfn::ScratchBytes() const {
-  return gate_acts_.size() + up_acts_.size() + active_.size() +
-         (gate_.size() + up_.size() + partial_.size() + columns_.size() +
-          acts_.size()) *
-             sizeof(float);
+  return gate_acts_.size() + up_acts_.size() +
+         (gate_.size() + up_.size() + partial_.size() + columns_.size()) *
+             sizeof(float) +
+         owned_.size() * sizeof(int32_t);
 }
 
 void BundleFfn::Begin(const BundleGeometry& geometry, const DownTables& tables,
@@ -109,146 +105,117 @@ void BundleFfn::Add(const BundleSpan& span) {
   FLASHD_CHECK(span.count >= 0 && span.count <= max_span_);
   if (span.count == 0) return;
   FLASHD_CHECK(span.data != nullptr && span.ids != nullptr);
-  for (int32_t step0 = 0; step0 < span.count; step0 += kStep) {
-    const int32_t step1 = std::min(span.count, step0 + kStep);
-    // Activations: any split gives the same floats (each is one neuron's).
-    const int64_t units = (step1 - step0 + kBundleAlign - 1) / kBundleAlign;
-    pool_->Run([&](int ti, int nt) {
-      const int64_t b0 =
-          std::min<int64_t>(step1, step0 + units * ti / nt * kBundleAlign);
-      const int64_t b1 = std::min<int64_t>(
-          step1, step0 + units * (ti + 1) / nt * kBundleAlign);
-      Activate(span, step0, static_cast<int32_t>(b0),
-               static_cast<int32_t>(b1), ti);
-    });
-    // Down: each thread its own neurons, into its own partial sums.
-    pool_->Run([&](int ti, int) { AddDown(span, step0, step1, ti); });
-  }
+  pool_->Run([&](int ti, int) { AddOwned(span, ti); });
 }
 
-void BundleFfn::Activate(const BundleSpan& span, int32_t step0, int32_t b0,
-                         int32_t b1, int ti) {
-  // Decode reads small chunks (prefetching covers the distance); batches
-  // use large ones, so that each weight block serves all tokens.
+void BundleFfn::AddOwned(const BundleSpan& span, int ti) {
+  // The span positions of the bundles this thread owns, in span order.
+  const int threads = pool_->size();
+  int32_t* owned = owned_.data() + static_cast<size_t>(ti) * max_span_;
+  int32_t n = 0;
+  for (int32_t s = 0; s < span.count; ++s) {
+    const int32_t id = span.ids[s];
+    FLASHD_CHECK(id >= 0 && id < config_.n_ff);
+    if (Owner(id, threads) == ti) owned[n++] = s;
+  }
+  // Decode takes small chunks (prefetching covers the distance); batches
+  // large ones, so that each weight block serves all tokens.
   const int32_t chunk = n_tokens_ == 1 ? kDecodeChunk : kChunk;
-  for (int32_t c0 = b0; c0 < b1; c0 += chunk) {
-    ActivateChunk(span, step0, c0, std::min(b1, c0 + chunk), b1, ti);
+  const size_t stride = geometry_.bundle_bytes();
+  const int32_t ahead =
+      static_cast<int32_t>(std::max<size_t>(1, kPrefetchBytes / stride));
+  for (int32_t c0 = 0; c0 < n; c0 += chunk) {
+    const int32_t c1 = std::min(n, c0 + chunk);
+    // The bundles this thread adds `ahead` of these, whole.
+    for (int32_t c = c0 + ahead; c < std::min(n, c1 + ahead); ++c) {
+      const uint8_t* next = span.data + static_cast<size_t>(owned[c]) * stride;
+      for (size_t off = 0; off < stride; off += 64) __builtin_prefetch(next + off);
+    }
+    AddChunk(span, owned + c0, c1 - c0, ti);
   }
 }
 
-void BundleFfn::ActivateChunk(const BundleSpan& span, int32_t step0,
-                              int32_t c0, int32_t c1, int32_t end, int ti) {
+void BundleFfn::AddChunk(const BundleSpan& span, const int32_t* at,
+                         int32_t count, int ti) {
   const int64_t n_embd = config_.n_embd;
   const size_t n_ff = static_cast<size_t>(config_.n_ff);
   const size_t stride = geometry_.bundle_bytes();
-  const int32_t count = c1 - c0;
-  const uint8_t* base = span.data + static_cast<size_t>(c0) * stride;
   const size_t scratch = static_cast<size_t>(ti) * max_batch_ * kChunk;
   float* gate = gate_.data() + scratch;  // [n_tokens][kChunk]
   float* up = up_.data() + scratch;
-
-  // Prefetch the gate/up rows of the bundles ahead of this chunk.
-  const int32_t ahead =
-      static_cast<int32_t>(std::max<size_t>(1, kPrefetchBytes / stride));
-  for (int32_t s = c0 + ahead; s < std::min(end, c1 + ahead); ++s) {
-    const uint8_t* next = span.data + static_cast<size_t>(s) * stride;
-    for (size_t off = 0; off < geometry_.down_offset(); off += 64) {
-      __builtin_prefetch(next + off);
-    }
-  }
-
-  // Gate and up of the bundles some token keeps, by runs of neighbours.
-  bool needed[kChunk];
-  for (int32_t s = 0; s < count; ++s) {
-    const int32_t id = span.ids[c0 + s];
-    FLASHD_CHECK(id >= 0 && id < config_.n_ff);
-    needed[s] = keep_ == nullptr;
-    for (int32_t t = 0; t < n_tokens_ && !needed[s]; ++t) {
-      needed[s] = keep_[t * n_ff + id] != 0;
-    }
-  }
-  for (int32_t s0 = 0; s0 < count;) {
-    if (!needed[s0]) {
-      ++s0;
-      continue;
-    }
-    int32_t s1 = s0 + 1;
-    while (s1 < count && needed[s1]) ++s1;
-    const uint8_t* w = base + s0 * stride;
-    kernels::Gemm(geometry_.gate_type, n_embd, w, stride, s1 - s0,
-                  gate_acts_.data(), gate_stride_, n_tokens_, gate + s0,
-                  kChunk);
-    kernels::Gemm(geometry_.up_type, n_embd, w + geometry_.up_offset(), stride,
-                  s1 - s0, up_acts_.data(), up_stride_, n_tokens_, up + s0,
-                  kChunk);
-    s0 = s1;
-  }
-
-  // Activations (0 where not kept); the expression is
-  // Forward::GateUpSilu's, so the floats are the same.
-  for (int32_t s = 0; s < count; ++s) {
-    const size_t id = static_cast<size_t>(span.ids[c0 + s]);
-    const int32_t at = c0 + s - step0;
-    bool active = false;
-    for (int32_t t = 0; t < n_tokens_; ++t) {
-      float g = gate[t * kChunk + s];
-      if (!needed[s] || (keep_ != nullptr && keep_[t * n_ff + id] == 0)) {
-        g = 0.0f;
-      } else {
-        g = g / (1.0f + std::exp(-g)) * up[t * kChunk + s];
-      }
-      acts_[static_cast<size_t>(t) * kStep + at] = g;
-      active = active || g != 0.0f;
-    }
-    active_[at] = active;
-  }
-}
-
-void BundleFfn::AddDown(const BundleSpan& span, int32_t step0, int32_t step1,
-                        int ti) {
-  const int64_t n_embd = config_.n_embd;
-  const size_t stride = geometry_.bundle_bytes();
-  const size_t down_offset = geometry_.down_offset();
-  const int threads = pool_->size();
-  const size_t scratch = static_cast<size_t>(ti) * max_batch_ * kChunk;
-  float* a = up_.data() + scratch;  // [n_tokens][kChunk] gathered acts
   float* partial =
       partial_.data() + static_cast<size_t>(ti) * max_batch_ * n_embd;
   float* columns =  // [kChunk][n_embd]
       columns_.data() + static_cast<size_t>(ti) * kChunk * n_embd;
-  const int32_t ahead = static_cast<int32_t>(
-      std::max<size_t>(1, kPrefetchBytes / geometry_.down_bytes));
-  // One token: one axpy per neuron; several: the used columns dequantized
-  // side by side and one block product (the same sums in the same order,
-  // with each column and partial sum loaded once).
-  int32_t used = 0;
-  for (int32_t s = step0; s < step1; ++s) {
-    if (s + ahead < step1 && Owner(span.ids[s + ahead], threads) == ti) {
-      const uint8_t* next =
-          span.data + static_cast<size_t>(s + ahead) * stride + down_offset;
-      for (size_t off = 0; off < geometry_.down_bytes; off += 64) {
-        __builtin_prefetch(next + off);
-      }
+  auto bundle = [&](int32_t c) {
+    return span.data + static_cast<size_t>(at[c]) * stride;
+  };
+
+  // Gate and up of the bundles some token keeps, by runs of neighbours in
+  // the span (each row's products are the same whatever the run).
+  bool needed[kChunk];
+  for (int32_t c = 0; c < count; ++c) {
+    const size_t id = static_cast<size_t>(span.ids[at[c]]);
+    needed[c] = keep_ == nullptr;
+    for (int32_t t = 0; t < n_tokens_ && !needed[c]; ++t) {
+      needed[c] = keep_[t * n_ff + id] != 0;
     }
-    const int32_t id = span.ids[s];
-    if (Owner(id, threads) != ti || !active_[s - step0]) continue;
-    const uint8_t* down = span.data + static_cast<size_t>(s) * stride + down_offset;
+  }
+  for (int32_t c0 = 0; c0 < count;) {
+    if (!needed[c0]) {
+      ++c0;
+      continue;
+    }
+    int32_t c1 = c0 + 1;
+    while (c1 < count && needed[c1] && at[c1] == at[c1 - 1] + 1) ++c1;
+    const uint8_t* w = bundle(c0);
+    kernels::Gemm(geometry_.gate_type, n_embd, w, stride, c1 - c0,
+                  gate_acts_.data(), gate_stride_, n_tokens_, gate + c0,
+                  kChunk);
+    kernels::Gemm(geometry_.up_type, n_embd, w + geometry_.up_offset(), stride,
+                  c1 - c0, up_acts_.data(), up_stride_, n_tokens_, up + c0,
+                  kChunk);
+    c0 = c1;
+  }
+
+  // Activations, in place of the gate values (0 where not kept); the
+  // expression is Forward::GateUpSilu's, so the floats are the same.
+  bool active[kChunk];
+  for (int32_t c = 0; c < count; ++c) {
+    const size_t id = static_cast<size_t>(span.ids[at[c]]);
+    active[c] = false;
+    for (int32_t t = 0; t < n_tokens_; ++t) {
+      float& g = gate[t * kChunk + c];
+      if (!needed[c] || (keep_ != nullptr && keep_[t * n_ff + id] == 0)) {
+        g = 0.0f;
+        continue;
+      }
+      g = g / (1.0f + std::exp(-g)) * up[t * kChunk + c];
+      active[c] = active[c] || g != 0.0f;
+    }
+  }
+
+  // Down, in span order: one axpy per neuron for a single token; for
+  // several, the used columns dequantized side by side and one block
+  // product (the same sums in the same order, with each column and partial
+  // sum loaded once).
+  int32_t used = 0;
+  for (int32_t c = 0; c < count; ++c) {
+    if (!active[c]) continue;
+    const int32_t id = span.ids[at[c]];
+    const uint8_t* down = bundle(c) + geometry_.down_offset();
     if (n_tokens_ == 1) {
-      AddColumn(acts_[s - step0], down, id, partial);
+      AddColumn(gate[c], down, id, partial);
       continue;
     }
     DequantizeColumn(down, id, columns + used * n_embd);
     for (int32_t t = 0; t < n_tokens_; ++t) {
-      a[t * kChunk + used] = acts_[static_cast<size_t>(t) * kStep + s - step0];
+      up[t * kChunk + used] = gate[t * kChunk + c];  // acts of used columns
     }
-    if (++used == kChunk) {
-      kernels::AxpyBlockF32(used, columns, n_embd, a, kChunk, n_tokens_,
-                            partial, n_embd, n_embd);
-      used = 0;
-    }
+    ++used;
   }
   if (used > 0) {
-    kernels::AxpyBlockF32(used, columns, n_embd, a, kChunk, n_tokens_, partial,
+    kernels::AxpyBlockF32(used, columns, n_embd, up, kChunk, n_tokens_, partial,
                           n_embd, n_embd);
   }
 }

@@ -35,8 +35,9 @@ struct DownTables {
 // silu(g) * u the same float expression, so each neuron's activation is
 // bit-identical to Forward's. The down product is sum_i act_i * down_i in
 // float over the stored (exact) down values, one partial sum per thread:
-// thread i owns the neurons of the fixed id blocks i, i + threads, ... and
-// adds them in the order the spans bring them, and Finish adds the
+// thread i owns the neurons of the fixed id blocks i, i + threads, ...
+// (it computes their activations too) and adds them in the order the spans
+// bring them, and Finish adds the
 // threads' sums in thread order. So the result depends on the neuron ids,
 // their order across Add calls and the thread count, never on how the ids
 // are split into spans or on the batch size (a single token takes a
@@ -82,26 +83,18 @@ class BundleFfn {
   size_t ScratchBytes() const;
 
  private:
-  // Bundles whose gate/up products one GEMM call computes: kChunk for
-  // batches, kDecodeChunk for 1 token; kChunk is also the number of down
-  // columns one block product adds for a batch.
+  // Bundles one thread takes at a time (one GEMM call for their gate/up
+  // products, one block product for their down columns): kChunk for
+  // batches, kDecodeChunk for 1 token.
   static constexpr int kChunk = 64;
   static constexpr int kDecodeChunk = 8;
-  // Span bundles per step of Add: their activations are computed (threads
-  // split the bundles evenly), then their down columns added (each thread
-  // the neurons it owns).
-  static constexpr int kStep = 256;
 
-  // Activations of span bundles [b0, b1) of the step starting at `step0`
-  // into acts_, with thread `ti`'s gate/up scratch.
-  void Activate(const BundleSpan& span, int32_t step0, int32_t b0, int32_t b1,
+  // Adds the span's bundles thread `ti` owns into its partial sums.
+  void AddOwned(const BundleSpan& span, int ti);
+  // Adds span bundles at[0..count) (increasing, at most kChunk) with thread
+  // `ti`'s scratch.
+  void AddChunk(const BundleSpan& span, const int32_t* at, int32_t count,
                 int ti);
-  // The same for [c0, c1) (at most kChunk); `end` bounds prefetching.
-  void ActivateChunk(const BundleSpan& span, int32_t step0, int32_t c0,
-                     int32_t c1, int32_t end, int ti);
-  // Adds the down columns of the neurons thread `ti` owns among span
-  // bundles [step0, step1) into its partial sums.
-  void AddDown(const BundleSpan& span, int32_t step0, int32_t step1, int ti);
   // y += a * the down column of neuron `id` (its bytes at `column`).
   void AddColumn(float a, const uint8_t* column, int32_t id, float* y) const;
   // The down column of neuron `id` as n_embd floats (exact).
@@ -118,10 +111,9 @@ class BundleFfn {
   std::vector<uint8_t> gate_acts_, up_acts_;  // quantized xb
   size_t gate_stride_ = 0, up_stride_ = 0;
   std::vector<float> gate_, up_;  // [threads][max_batch][kChunk]
-  std::vector<float> acts_;       // [max_batch][kStep] of the current step
-  std::vector<uint8_t> active_;   // [kStep]: some token's activation != 0
   std::vector<float> partial_;    // [threads][max_batch][n_embd]
   std::vector<float> columns_;    // [threads][kChunk][n_embd] dequantized
+  std::vector<int32_t> owned_;    // [threads][max_span]: span positions
 };
 
 }  // namespace flashd::flash
