@@ -129,7 +129,9 @@ void BundleFfn::AddOwned(const BundleSpan& span, int ti) {
     // The bundles this thread adds `ahead` of these, whole.
     for (int32_t c = c0 + ahead; c < std::min(n, c1 + ahead); ++c) {
       const uint8_t* next = span.data + static_cast<size_t>(owned[c]) * stride;
-      for (size_t off = 0; off < stride; off += 64) __builtin_prefetch(next + off);
+      for (size_t off = 0; off < stride; off += 64) {
+        __builtin_prefetch(next + off);
+      }
     }
     AddChunk(span, owned + c0, c1 - c0, ti);
   }
