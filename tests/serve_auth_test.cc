@@ -4,9 +4,17 @@
 // or missing: UNAUTHENTICATED, health included), refusal to start without
 // authentication, and no server paths in GetModelInfo over TCP. The Unix
 // socket keeps working without any of it.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <regex>
 #include <string>
@@ -142,6 +150,38 @@ TEST_F(AuthDaemon, ListenWithoutAuthenticationDoesNotStart) {
 
 TEST_F(AuthDaemon, InsecureTcpWhenAskedFor) {
   Start({"--insecure-tcp"});
+  auto c = Connect({});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE((*c)->GetModelInfo().ok());
+}
+
+TEST_F(AuthDaemon, TcpConnectionThatNeverHandshakesIsClosed) {
+  Start({"--insecure-tcp", "--handshake-timeout-ms", "500"});
+  const int port = std::stoi(target_.substr(target_.rfind(':') + 1));
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+      << std::strerror(errno);
+  const timeval wait{.tv_sec = 15, .tv_usec = 0};
+  ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait)), 0);
+  // Send nothing: no HTTP/2 preface, no settings. The daemon closes it
+  // (EOF, or a reset) after the handshake timeout, not after our 15 s.
+  const auto t0 = std::chrono::steady_clock::now();
+  char byte;
+  ssize_t got;
+  do {
+    got = recv(fd, &byte, 1, 0);
+  } while (got > 0);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  const int err = errno;
+  close(fd);
+  EXPECT_TRUE(got == 0 || err == ECONNRESET) << std::strerror(err);
+  EXPECT_LT(waited, std::chrono::seconds(10));
+  // Everyone else is still served.
   auto c = Connect({});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE((*c)->GetModelInfo().ok());

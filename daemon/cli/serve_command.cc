@@ -68,6 +68,12 @@ void AddServeFlags(Args& args) {
             "connections open at once per uid on the Unix socket")
       .Flag("max-connections", "1024",
             "connections open at once on the Unix socket, all uids")
+      .Flag("handshake-timeout-ms", "10000",
+            "a TCP connection that has not finished its TLS handshake and "
+            "sent its HTTP/2 settings by then is closed")
+      .Flag("idle-connection-timeout-ms", "300000",
+            "a connection with no call for this long is closed (clients "
+            "reconnect when they need to)")
       .Flag("max-sessions", "4", "sessions generating at once")
       .Flag("max-queue", "16",
             "requests waiting for a session; beyond: RESOURCE_EXHAUSTED")
@@ -150,7 +156,8 @@ absl::StatusOr<server::ServerOptions> ServerOptionsFromArgs(
     int64_t* out;
   };
   int64_t prompt_bytes, prompt_tokens, tokenize_bytes, detokenize_ids,
-      stop_strings, stop_bytes, tokenize_jobs, streams, conns_uid, conns;
+      stop_strings, stop_bytes, tokenize_jobs, streams, conns_uid, conns,
+      handshake_ms, idle_ms;
   const IntFlag ints[] = {
       {"max-prompt-bytes", 1, int64_t{1} << 30, &prompt_bytes},
       {"max-prompt-tokens", 0, n_ctx, &prompt_tokens},
@@ -162,6 +169,8 @@ absl::StatusOr<server::ServerOptions> ServerOptionsFromArgs(
       {"max-streams-per-uid", 1, 1 << 20, &streams},
       {"max-connections-per-uid", 1, 1 << 20, &conns_uid},
       {"max-connections", 1, 1 << 20, &conns},
+      {"handshake-timeout-ms", 100, 600000, &handshake_ms},
+      {"idle-connection-timeout-ms", 1000, int64_t{1} << 30, &idle_ms},
   };
   for (const IntFlag& f : ints) {
     absl::StatusOr<int64_t> got = args.GetInt(f.name, f.min, f.max);
@@ -179,6 +188,8 @@ absl::StatusOr<server::ServerOptions> ServerOptionsFromArgs(
   o.limits.max_streams_per_uid = static_cast<int32_t>(streams);
   o.connections.per_uid = static_cast<int32_t>(conns_uid);
   o.connections.total = static_cast<int32_t>(conns);
+  o.handshake_timeout_ms = static_cast<int32_t>(handshake_ms);
+  o.idle_connection_timeout_ms = static_cast<int32_t>(idle_ms);
   absl::StatusOr<int64_t> v = args.GetInt("max-sessions", 1, 1024);
   if (!v.ok()) return v.status();
   o.scheduler.max_sessions = static_cast<int32_t>(*v);

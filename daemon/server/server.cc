@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/grpc.h"
 #include "common/base/errno_status.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -159,6 +160,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   grpc::ServerBuilder builder;
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(MaxMessageBytes(options.limits, model.n_ctx)));
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             options.handshake_timeout_ms);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             options.idle_connection_timeout_ms);
   std::string where;
   if (!options.socket_path.empty()) {
     // We accept on the Unix socket ourselves (see unix_listener.h): mode

@@ -29,6 +29,13 @@ struct ServerOptions {
   SchedulerOptions scheduler;
   ServiceLimits limits;
   ConnectionLimits connections;  // Unix socket
+  // A TCP connection is closed when its TLS handshake and HTTP/2 settings
+  // have not arrived this long after it was accepted (gRPC's server
+  // handshake timeout), so half-open connections cannot pile up.
+  int32_t handshake_timeout_ms = 10000;
+  // Any connection with no call for this long is closed (gRPC's
+  // max_connection_idle: GOAWAY, then close; clients reconnect).
+  int32_t idle_connection_timeout_ms = 300000;
 };
 
 // Largest gRPC message the server accepts: what the request limits let
