@@ -45,8 +45,8 @@ struct DownTables {
 // order (a dense pass, with the cache holding a prefix of the layer's ids
 // in increasing slot order) give the same bits as one span of every
 // neuron. See docs/determinism.md.
-// for float down types it differs from the resident engine only in the
-// order of the float additions; for quantized down types the resident
+// Against the resident engine: for float down types it differs only in
+// the order of the float additions; for quantized down types the resident
 // engine also quantizes the activations (to Q8_0/Q8_K) before its down
 // dot products, which this class does not, so a dense pass differs from
 // Forward by that quantization error as well. Neurons whose activation is
